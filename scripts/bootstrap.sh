@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything mcpproxy's demo, tests and benchmarks need, idempotently:
+# a Python virtualenv (.venv) with pinned packages, the test OAuth server's Node packages,
+# and redis-server from Debian's packages. Safe to run repeatedly; fast when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
+# --- Python ---------------------------------------------------------------------------------
+want=$(stamp requirements-dev.lock pyproject.toml)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: creating .venv with $($PY --version)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -r requirements-dev.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  echo "$want" > .venv/.stamp
+fi
+
+# --- Node: the test OAuth server (oidc-provider) ---------------------------------------------
+if [ -f tests/oauth_server/package-lock.json ]; then
+  want=$(stamp tests/oauth_server/package-lock.json)
+  if [ "$(cat tests/oauth_server/node_modules/.stamp 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: npm ci in tests/oauth_server" >&2
+    (cd tests/oauth_server && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > tests/oauth_server/node_modules/.stamp
+  fi
+fi
+
+# --- redis-server (shared token cache tests) -------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing redis-server from Debian's packages" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "bootstrap: redis-server missing; run: sudo apt-get install -y redis-server" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then lint, type check and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+echo "== ruff" && .venv/bin/ruff check mcpproxy tests bench
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest" && exec .venv/bin/pytest "$@"
