@@ -1,0 +1,5 @@
+import sys
+
+from mcpproxy.cli import main
+
+sys.exit(main())

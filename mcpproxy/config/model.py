@@ -1,0 +1,168 @@
+"""The validated configuration: plain frozen dataclasses, built only by :mod:`mcpproxy.config.loader`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from mcpproxy.secrets import Secret
+
+if TYPE_CHECKING:
+    from mcpproxy.config.exchange import CacheSettings, ExchangeSettings
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_credential_bytes: int = 8 * 1024
+    workers: int = 1
+    shutdown_grace_s: float = 30.0
+    access_log: bool = True
+    strip_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    idle: float = 300.0
+
+
+# --- where the caller's credential is read ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthorizationSource:
+    """``Authorization: Bearer <t>``; a doubled ``Bearer Bearer <t>`` (OGX's prefixing) reads as t."""
+
+    kind: Literal["authorization"] = "authorization"
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return ("authorization",)
+
+
+@dataclass(frozen=True)
+class HeaderSource:
+    name: str
+    prefix: str = ""
+    kind: Literal["header"] = "header"
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return (self.name.lower(),)
+
+
+@dataclass(frozen=True)
+class ProviderDataSource:
+    """``X-LlamaStack-Provider-Data`` / ``X-OGX-Provider-Data``: ``mcp_headers[<public url>][key]``."""
+
+    key: str = "Authorization"
+    kind: Literal["provider_data"] = "provider_data"
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class McpHeadersSource:
+    """lightspeed-stack's ``MCP-HEADERS: {"<server name>": {header: value}}``."""
+
+    server: str
+    key: str = "Authorization"
+    kind: Literal["mcp_headers"] = "mcp_headers"
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class McpMetaSource:
+    """``params._meta.<key>`` of a POSTed JSON-RPC request (seed 001); removed before forwarding."""
+
+    key: str
+    kind: Literal["mcp_meta"] = "mcp_meta"
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        return ()
+
+
+SubjectSource = AuthorizationSource | HeaderSource | ProviderDataSource | McpHeadersSource | McpMetaSource
+
+
+# --- what the upstream receives ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoUpstreamAuth:
+    type: Literal["none"] = "none"
+    needs_subject: bool = False
+
+
+@dataclass(frozen=True)
+class StaticUpstreamAuth:
+    header: str
+    format: str
+    secret: Secret
+    type: Literal["static"] = "static"
+    needs_subject: bool = False
+
+
+@dataclass(frozen=True)
+class ForwardUpstreamAuth:
+    header: str
+    format: str
+    type: Literal["forward"] = "forward"
+    needs_subject: bool = True
+
+
+@dataclass(frozen=True)
+class ExchangeUpstreamAuth:
+    """Any OAuth-based type (token_exchange, jwt_bearer, id_jag, entra_obo, client_credentials)."""
+
+    header: str
+    format: str
+    exchange: ExchangeSettings
+    type: str = "token_exchange"
+    needs_subject: bool = True
+
+
+UpstreamAuth = NoUpstreamAuth | StaticUpstreamAuth | ForwardUpstreamAuth | ExchangeUpstreamAuth
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    subject: tuple[SubjectSource, ...] = ()
+    upstream: UpstreamAuth = field(default_factory=NoUpstreamAuth)
+    strip_headers: tuple[str, ...] = ()
+
+    @property
+    def reads_body(self) -> bool:
+        return any(isinstance(s, McpMetaSource) for s in self.subject)
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    name: str
+    path: str
+    upstream: str
+    forward_headers: tuple[str, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    public_url: str | None = None
+    relay_set_cookie: bool = False
+    max_connections: int = 100
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSettings
+    routes: tuple[RouteSettings, ...]
+    cache: CacheSettings | None = None
+    warnings: tuple[str, ...] = ()
+    source: str = "<config>"

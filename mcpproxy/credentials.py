@@ -1,0 +1,193 @@
+"""Finding the caller's credential and refusing smuggled or conflicting ones.
+
+Every configured source is read (not only the first that matches) so that two different
+credentials — a header token that differs from the provider-data one, two ``Authorization``
+headers — are refused with 400 instead of silently picking one. The first source that found a
+value names the subject's origin in logs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mcpproxy.config.model import (
+    AuthorizationSource,
+    AuthSettings,
+    HeaderSource,
+    McpHeadersSource,
+    McpMetaSource,
+    ProviderDataSource,
+    SubjectSource,
+)
+from mcpproxy.errors import bad_request
+from mcpproxy.headers import CREDENTIAL_HEADERS, Headers
+from mcpproxy.jsonrpc import Body
+from mcpproxy.providerdata import (
+    header_value,
+    lightspeed_headers,
+    mcp_headers_for,
+    provider_data,
+)
+from mcpproxy.secrets import Secret
+
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Subject:
+    token: Secret
+    source: str
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What credential resolution looks at: headers, the route's public host and path, the body."""
+
+    headers: Headers
+    public_host: str
+    route_path: str
+    body: Body | None
+    max_bytes: int
+
+
+def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Every header that may carry a caller credential on this route — all removed before forwarding."""
+    names = set(CREDENTIAL_HEADERS) | {e.lower() for e in extra} | set(auth.strip_headers)
+    for source in auth.subject:
+        names.update(source.header_names)
+    return frozenset(names)
+
+
+def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes: int) -> None:
+    """Refuse duplicates and malformed values of credential headers, whether or not they are used."""
+    seen: set[str] = set()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in names:
+            continue
+        if lower in seen and lower != "cookie":
+            raise bad_request(f"{name} sent more than once", reason="duplicate_credentials")
+        seen.add(lower)
+        if any(c in value for c in "\r\n\0"):
+            raise bad_request(f"{name} contains a control character", reason="malformed_credential")
+        if len(value) > max_bytes:
+            raise bad_request(f"{name} is too long", reason="malformed_credential")
+
+
+def resolve_subject(sources: tuple[SubjectSource, ...], view: RequestView) -> Subject | None:
+    found: list[tuple[str, str]] = []
+    for source in sources:
+        for value in _read(source, view):
+            found.append((_label(source), _clean(value, _label(source), view.max_bytes)))
+    if not found:
+        return None
+    distinct = {value for _, value in found}
+    if len(distinct) > 1:
+        labels = sorted({label for label, _ in found})
+        raise bad_request(
+            "conflicting credentials from " + ", ".join(labels), reason="conflicting_credentials"
+        )
+    label, value = found[0]
+    return Subject(Secret(value), label)
+
+
+def strip_meta_credentials(body: Body, sources: tuple[SubjectSource, ...]) -> bool:
+    """Remove ``params._meta.<key>`` credentials from the body; True when anything was removed."""
+    keys = [s.key for s in sources if isinstance(s, McpMetaSource)]
+    changed = False
+    for message in body.messages:
+        meta = _meta(message)
+        if meta is None:
+            continue
+        for key in keys:
+            if key in meta:
+                del meta[key]
+                changed = True
+    return changed
+
+
+def _read(source: SubjectSource, view: RequestView) -> list[str]:
+    if isinstance(source, AuthorizationSource):
+        return [_bearer(v) for v in view.headers.getall("Authorization", ())]
+    if isinstance(source, HeaderSource):
+        return [_strip_prefix(v, source) for v in view.headers.getall(source.name, ())]
+    if isinstance(source, ProviderDataSource):
+        data = provider_data(view.headers, view.max_bytes * 4)
+        entries = mcp_headers_for(data, view.public_host, view.route_path)
+        values = [header_value(e, source.key) for e in entries]
+        return [_bearer(v) if source.key.lower() == "authorization" else v for v in values if v is not None]
+    if isinstance(source, McpHeadersSource):
+        entry = lightspeed_headers(view.headers, source.server, view.max_bytes * 4)
+        value = header_value(entry, source.key) if entry is not None else None
+        if value is None:
+            return []
+        return [_bearer(value) if source.key.lower() == "authorization" else value]
+    return _meta_values(source, view.body)
+
+
+def _meta_values(source: McpMetaSource, body: Body | None) -> list[str]:
+    if body is None:
+        return []
+    values: list[str] = []
+    for message in body.messages:
+        meta = _meta(message)
+        if meta is None or source.key not in meta:
+            continue
+        value = meta[source.key]
+        if not isinstance(value, str):
+            raise bad_request(f"_meta.{source.key} must be a string", reason="malformed_credential")
+        values.append(value)
+    return values
+
+
+def _meta(message: dict[str, Any]) -> dict[str, Any] | None:
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    meta = params.get("_meta")
+    return meta if isinstance(meta, dict) else None
+
+
+def _bearer(value: str) -> str:
+    """``Bearer <t>`` → t; ``Bearer Bearer <t>`` (OGX prefixes unconditionally) → t."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise bad_request("Authorization must use the Bearer scheme", reason="malformed_credential")
+    rest = rest.strip()
+    inner_scheme, _, inner = rest.partition(" ")
+    if inner_scheme.lower() == "bearer" and inner.strip():
+        rest = inner.strip()
+    return rest
+
+
+def _strip_prefix(value: str, source: HeaderSource) -> str:
+    value = value.strip()
+    if not source.prefix:
+        return value
+    if not value.lower().startswith(source.prefix.lower()):
+        raise bad_request(f"{source.name} must start with {source.prefix!r}", reason="malformed_credential")
+    return value[len(source.prefix) :].strip()
+
+
+def _clean(value: str, label: str, max_bytes: int) -> str:
+    if not value:
+        raise bad_request(f"empty credential in {label}", reason="malformed_credential")
+    if len(value) > max_bytes:
+        raise bad_request(f"credential in {label} is too long", reason="malformed_credential")
+    if _UNSAFE.search(value):
+        raise bad_request(
+            f"credential in {label} contains whitespace or control characters",
+            reason="malformed_credential",
+        )
+    return value
+
+
+def _label(source: SubjectSource) -> str:
+    if isinstance(source, HeaderSource):
+        return f"header:{source.name}"
+    if isinstance(source, McpMetaSource):
+        return f"mcp_meta:{source.key}"
+    return source.kind

@@ -1,0 +1,135 @@
+"""Header policy in both directions, as plain functions over case-insensitive multidicts.
+
+Requests: an allowlist (the MCP protocol headers plus a route's ``forward_headers``) decides what
+leaves the proxy; everything else — credentials, cookies, hop-by-hop headers and whatever the
+caller's ``Connection`` header names — stays behind. Responses: hop-by-hop headers go, and
+``Set-Cookie`` only passes where a route asks for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
+)
+
+#: Headers that carry a caller's credential in any deployment we know of. Never forwarded.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-llamastack-provider-data",
+        "x-ogx-provider-data",
+        "mcp-headers",
+        "x-api-key",
+        "api-key",
+        "private-token",
+        "x-auth-token",
+        "x-access-token",
+        "x-amz-security-token",
+    }
+)
+
+#: What an MCP client and server exchange on every transport revision (lower-case).
+MCP_REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "content-type",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+        "mcp-method",
+        "mcp-name",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+    }
+)
+
+#: Response headers the proxy sets itself or must not relay as they came.
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+
+REQUEST_ID = "X-Request-Id"
+
+
+def is_token(name: str) -> bool:
+    """RFC 9110 field-name syntax."""
+    return bool(_TOKEN.match(name))
+
+
+def connection_named(headers: Headers) -> set[str]:
+    """Header names listed in ``Connection`` (RFC 9110 §7.6.1): hop-by-hop for this request."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        named.update(part.strip().lower() for part in value.split(",") if part.strip())
+    return named
+
+
+def upstream_request_headers(
+    incoming: Headers,
+    allowed: frozenset[str],
+    *,
+    client_ip: str,
+    scheme: str,
+    host: str,
+    request_id: str,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request: allowlisted caller headers plus the proxy's own.
+
+    ``allowed`` must already exclude credential and hop-by-hop names (the config loader refuses
+    them in ``forward_headers``); names the caller lists in ``Connection`` are dropped here too,
+    so ``Connection: X-Request-Id`` cannot smuggle an allowlisted header past the policy.
+    """
+    dropped = connection_named(incoming) if "connection" in incoming else ()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in allowed and lower not in dropped:
+            out.add(name, value)
+    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    out["X-Forwarded-Proto"] = scheme
+    if host:
+        out["X-Forwarded-Host"] = host
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def downstream_response_headers(
+    upstream: Headers, *, relay_set_cookie: bool, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Headers relayed to the caller: hop-by-hop and Connection-named ones removed."""
+    removed = RESPONSE_DROP | connection_named(upstream) | {d.lower() for d in drop}
+    if not relay_set_cookie:
+        removed = removed | {"set-cookie", "set-cookie2"}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in removed:
+            out.add(name, value)
+    return out
+
+
+def route_allowlist(forward_headers: Iterable[str], strip: Iterable[str]) -> frozenset[str]:
+    """The request headers a route passes on: MCP protocol set plus its own, minus anything stripped."""
+    stripped = {s.lower() for s in strip} | CREDENTIAL_HEADERS | HOP_BY_HOP | {"host", "content-length"}
+    return frozenset((MCP_REQUEST_HEADERS | {h.lower() for h in forward_headers}) - stripped)

@@ -1,0 +1,76 @@
+"""What the proxy needs to know of a JSON-RPC body, and the error bodies it answers with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
+
+JsonId = str | int | float | None
+
+
+@dataclass
+class Body:
+    """A POSTed JSON-RPC message or batch. ``messages`` is empty when the body is not JSON-RPC."""
+
+    raw: bytes
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    is_batch: bool = False
+    parsed: bool = False
+
+    @property
+    def first_id(self) -> JsonId:
+        for message in self.messages:
+            if "id" in message and _valid_id(message["id"]):
+                return message["id"]  # type: ignore[no-any-return]
+        return None
+
+    @property
+    def method(self) -> str:
+        """The MCP method for logs and metrics: the single method, or "batch"."""
+        if self.is_batch:
+            return "batch"
+        if self.messages and isinstance(self.messages[0].get("method"), str):
+            return str(self.messages[0]["method"])
+        return "response" if self.messages else "-"
+
+    def serialize(self) -> bytes:
+        payload: Any = self.messages if self.is_batch else self.messages[0]
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_body(raw: bytes, *, strict: bool) -> Body:
+    """Parse a POST body. With ``strict`` an unparsable body is a 400 JSON-RPC parse error;
+    without it (a feature merely peeking at the method) it is passed on untouched."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        if strict:
+            raise ProxyError(
+                400, "request body is not valid JSON", JSONRPC_PARSE_ERROR, reason="parse_error"
+            ) from None
+        return Body(raw)
+    if isinstance(data, dict):
+        return Body(raw, [data], False, True)
+    if isinstance(data, list) and data and all(isinstance(m, dict) for m in data):
+        return Body(raw, data, True, True)
+    if strict:
+        raise ProxyError(
+            400, "request body is not a JSON-RPC message", JSONRPC_PARSE_ERROR, reason="parse_error"
+        )
+    return Body(raw)
+
+
+def error_body(code: int, message: str, request_id: JsonId, proxy_request_id: str) -> bytes:
+    payload = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": code, "message": message, "data": {"request_id": proxy_request_id}},
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))

@@ -1,0 +1,74 @@
+"""structlog set-up: one JSON object per line, with secrets redacted as a last line of defence.
+
+Credentials are held as :class:`~mcpproxy.secrets.Secret` and never passed to a logger as text;
+the ``_redact`` processor additionally blanks any field whose *name* says it holds a credential,
+so a future log call that forgets the rule still cannot print one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from mcpproxy.secrets import Secret
+
+_SENSITIVE_KEY = re.compile(
+    r"(^|_)(token|secret|password|authorization|cookie|assertion|api_key|apikey|credential)s?($|_)",
+    re.IGNORECASE,
+)
+_ALLOWED_KEYS = frozenset({"token_fingerprint", "subject_fingerprint", "token_type", "credential_source"})
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, Secret) or (
+            key not in _ALLOWED_KEYS and _SENSITIVE_KEY.search(key) and value not in (None, "")
+        ):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send every mcpproxy log line, and the stdlib ``aiohttp``/``asyncio`` ones, as JSON to ``stream``."""
+    out = stream or sys.stderr
+    numeric = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_StdlibJson())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, default=repr, separators=(",", ":"), **kwargs)
+
+
+class _StdlibJson(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "event": record.getMessage(),
+            "logger": record.name,
+            "level": record.levelname.lower(),
+        }
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return _dumps(payload)

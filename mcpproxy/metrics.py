@@ -1,0 +1,181 @@
+"""A minimal Prometheus text-format registry: counters, gauges and histograms with labels.
+
+Kept in-process and dependency-free because the hot path increments a few counters per request;
+label values are always route names, methods, statuses or outcomes — never credentials.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable
+
+LabelKey = tuple[str, ...]
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help_text: str, labels: Iterable[str]) -> None:
+        self.name = name
+        self.help = help_text
+        self.labels = tuple(labels)
+        self._lock = threading.Lock()
+
+    def _key(self, values: dict[str, str]) -> LabelKey:
+        return tuple(str(values.get(label, "")) for label in self.labels)
+
+    def _label_text(self, key: LabelKey, extra: str = "") -> str:
+        parts = [f'{n}="{_escape(v)}"' for n, v in zip(self.labels, key, strict=True)]
+        if extra:
+            parts.append(extra)
+        return "{" + ",".join(parts) + "}" if parts else ""
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def render(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: Iterable[str] = ()) -> None:
+        super().__init__(name, help_text, labels)
+        self._values: dict[LabelKey, float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(self._key(labels), 0)
+
+    def render(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [f"{self.name}{self._label_text(k)} {_num(v)}" for k, v in items]
+
+
+class Gauge(Counter):
+    kind = "gauge"
+
+    def dec(self, amount: float = 1, **labels: str) -> None:
+        self.inc(-amount, **labels)
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+    DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: Iterable[str] = (),
+        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+    ) -> None:
+        super().__init__(name, help_text, labels)
+        self.buckets = buckets
+        self._counts: dict[LabelKey, list[int]] = {}
+        self._sums: dict[LabelKey, float] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        index = bisect.bisect_left(self.buckets, value)
+        with self._lock:
+            counts = self._counts.get(key)
+            if counts is None:
+                counts = self._counts[key] = [0] * (len(self.buckets) + 1)
+            counts[index] += 1
+            self._sums[key] = self._sums.get(key, 0.0) + value
+
+    def count(self, **labels: str) -> int:
+        return sum(self._counts.get(self._key(labels), ()))
+
+    def render(self) -> list[str]:
+        lines: list[str] = []
+        with self._lock:
+            items = sorted((k, list(c), self._sums[k]) for k, c in self._counts.items())
+        for key, counts, total in items:
+            running = 0
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else _num(bound)
+                bucket_label = self._label_text(key, f'le="{le}"')
+                lines.append(f"{self.name}_bucket{bucket_label} {running}")
+            lines.append(f"{self.name}_sum{self._label_text(key)} {_num(total)}")
+            lines.append(f"{self.name}_count{self._label_text(key)} {running}")
+        return lines
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "mcpproxy_requests_total",
+            "Requests answered, by route, HTTP method, MCP method and status.",
+            ("route", "http_method", "mcp_method", "status"),
+        )
+        self.upstream_latency = Histogram(
+            "mcpproxy_upstream_latency_seconds",
+            "Time from sending a request upstream to receiving its response headers.",
+            ("route",),
+        )
+        self.open_streams = Gauge(
+            "mcpproxy_open_streams", "Streaming (SSE) responses currently relayed.", ("route",)
+        )
+        self.upstream_errors = Counter(
+            "mcpproxy_upstream_errors_total",
+            "Upstream failures by route and kind (connect, timeout, reset, limit).",
+            ("route", "kind"),
+        )
+        self.rejections = Counter(
+            "mcpproxy_rejections_total",
+            "Requests refused by the proxy itself, by route and reason.",
+            ("route", "reason"),
+        )
+        self.exchanges = Counter(
+            "mcpproxy_token_exchanges_total",
+            "Token endpoint requests by route, grant kind and outcome.",
+            ("route", "kind", "outcome"),
+        )
+        self.exchange_latency = Histogram(
+            "mcpproxy_token_exchange_latency_seconds",
+            "Token endpoint round-trip time.",
+            ("route", "kind"),
+        )
+        self.cache = Counter(
+            "mcpproxy_token_cache_total",
+            "Token cache lookups by route and result (hit, miss, negative, shared_hit).",
+            ("route", "result"),
+        )
+        self.all: list[_Metric] = [
+            self.requests,
+            self.upstream_latency,
+            self.open_streams,
+            self.upstream_errors,
+            self.rejections,
+            self.exchanges,
+            self.exchange_latency,
+            self.cache,
+        ]
+
+    def add(self, metric: _Metric) -> None:
+        self.all.append(metric)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in self.all:
+            lines.extend(metric.header())
+            lines.extend(metric.render())
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)

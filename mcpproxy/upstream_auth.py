@@ -1,0 +1,71 @@
+"""What a route's upstream receives: nothing, a static service credential, the caller's own
+credential re-formatted, or a token obtained from an OAuth server for this upstream."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mcpproxy.config.model import (
+    ExchangeUpstreamAuth,
+    ForwardUpstreamAuth,
+    StaticUpstreamAuth,
+    UpstreamAuth,
+)
+from mcpproxy.credentials import Subject
+from mcpproxy.errors import unauthorized
+from mcpproxy.secrets import Secret
+
+
+class TokenSource(Protocol):
+    """An OAuth-backed token provider for one route (see :mod:`mcpproxy.oauth`)."""
+
+    async def get(self, subject: Secret | None) -> Secret: ...
+
+    async def invalidate(self, subject: Secret | None) -> None: ...
+
+
+class UpstreamCredential:
+    """Produces the one credential header a route's upstream request carries (or none)."""
+
+    def __init__(self, rule: UpstreamAuth, tokens: TokenSource | None = None) -> None:
+        if isinstance(rule, ExchangeUpstreamAuth) and tokens is None:
+            raise ValueError("an exchange route needs a token source")
+        self.rule = rule
+        self.tokens = tokens
+        self.header = getattr(rule, "header", None)
+        self.retries_on_401 = isinstance(rule, ExchangeUpstreamAuth)
+        self._static: str | None = None
+        if isinstance(rule, StaticUpstreamAuth):
+            self._static = rule.format.replace("{token}", rule.secret.reveal())
+
+    @property
+    def needs_subject(self) -> bool:
+        return self.rule.needs_subject
+
+    async def value(self, subject: Subject | None) -> str | None:
+        """The header value to send, revealed only here, right before it goes on the wire."""
+        rule = self.rule
+        if isinstance(rule, StaticUpstreamAuth):
+            return self._static
+        if isinstance(rule, ForwardUpstreamAuth):
+            return rule.format.replace("{token}", self._require(subject).token.reveal())
+        if isinstance(rule, ExchangeUpstreamAuth):
+            assert self.tokens is not None
+            token = await self.tokens.get(subject.token if subject else None)
+            return rule.format.replace("{token}", token.reveal())
+        return None
+
+    async def invalidate(self, subject: Subject | None) -> None:
+        if self.tokens is not None:
+            await self.tokens.invalidate(subject.token if subject else None)
+
+    def _require(self, subject: Subject | None) -> Subject:
+        if subject is None:
+            raise missing_credential()
+        return subject
+
+
+def missing_credential() -> Exception:
+    return unauthorized(
+        "this route requires a caller credential", error="invalid_request", reason="missing_credential"
+    )

@@ -1,0 +1,1 @@
+"""The thin aiohttp layer: the proxy handler, the application and the server process."""

@@ -1,0 +1,170 @@
+"""The aiohttp application: operational endpoints plus the catch-all proxy handler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from mcpproxy import __version__
+from mcpproxy.config.model import Config, ExchangeUpstreamAuth
+from mcpproxy.metrics import Registry
+from mcpproxy.routing import RouteTable
+from mcpproxy.upstream_auth import TokenSource, UpstreamCredential
+from mcpproxy.web.proxy import ProxyHandler, RouteRuntime
+
+log = structlog.get_logger("mcpproxy")
+
+#: Builds the OAuth token sources of a config's exchange routes (see mcpproxy.oauth).
+TokenSourceFactory = Callable[[Config, Registry], Awaitable["TokenSources"]]
+
+
+class TokenSources:
+    """Token sources by route name, and how to release what they hold."""
+
+    def __init__(
+        self,
+        sources: dict[str, TokenSource] | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.sources = sources or {}
+        self._close = close
+
+    async def close(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+async def default_token_sources(config: Config, metrics: Registry) -> TokenSources:
+    return TokenSources()
+
+
+class ProxyState:
+    """Everything built from one config: the route table and each route's live runtime."""
+
+    def __init__(self, config: Config, handler: ProxyHandler, tokens: TokenSources) -> None:
+        self.config = config
+        self.handler = handler
+        self.tokens = tokens
+
+    @classmethod
+    async def build(cls, config: Config, metrics: Registry, factory: TokenSourceFactory) -> ProxyState:
+        tokens = await factory(config, metrics)
+        runtimes: dict[str, RouteRuntime] = {}
+        for route in config.routes:
+            source = (
+                tokens.sources.get(route.name)
+                if isinstance(route.auth.upstream, ExchangeUpstreamAuth)
+                else None
+            )
+            credential = UpstreamCredential(route.auth.upstream, source)
+            runtimes[route.name] = RouteRuntime.create(route, credential, config.server.strip_headers)
+        handler = ProxyHandler(
+            RouteTable(config.routes),
+            runtimes,
+            metrics,
+            max_body_bytes=config.server.max_body_bytes,
+            max_credential_bytes=config.server.max_credential_bytes,
+            access_log=config.server.access_log,
+        )
+        return cls(config, handler, tokens)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(runtime.in_flight for runtime in self.handler.runtimes.values())
+
+    async def close(self) -> None:
+        for runtime in self.handler.runtimes.values():
+            await runtime.close()
+        await self.tokens.close()
+
+    async def drain_and_close(self, poll_s: float = 0.1) -> None:
+        """Close once the requests this state is serving (long SSE streams included) are done."""
+        while self.in_flight:  # noqa: ASYNC110 - a counter summed over routes; 10 Hz is plenty
+            await asyncio.sleep(poll_s)
+        await self.close()
+
+
+STATE = web.AppKey("state", ProxyState)
+FACTORY: web.AppKey[TokenSourceFactory] = web.AppKey("token_source_factory")
+DRAINING: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("draining")
+METRICS = web.AppKey("metrics", Registry)
+READY = web.AppKey("ready", bool)
+
+
+def build_app(
+    config: Config,
+    *,
+    metrics: Registry | None = None,
+    token_sources: TokenSourceFactory = default_token_sources,
+) -> web.Application:
+    """An application serving ``config``. Its live parts are built on startup (they need a loop)."""
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        handler_args={
+            "max_field_size": config.server.max_header_bytes,
+            "max_line_size": config.server.max_header_bytes,
+        },
+    )
+    app[METRICS] = metrics or Registry()
+    app[READY] = False
+    app[FACTORY] = token_sources
+    app[DRAINING] = set()
+
+    async def startup(app: web.Application) -> None:
+        app[STATE] = await ProxyState.build(config, app[METRICS], token_sources)
+        app[READY] = True
+        log.info(
+            "started",
+            version=__version__,
+            routes=[{"name": r.name, "path": r.path, "upstream": r.upstream} for r in config.routes],
+        )
+
+    async def cleanup(app: web.Application) -> None:
+        app[READY] = False
+        draining: set[asyncio.Task[None]] = app[DRAINING]
+        for task in tuple(draining):
+            task.cancel()
+        if STATE in app:
+            await app[STATE].close()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
+
+
+async def apply_config(app: web.Application, config: Config) -> None:
+    """Serve ``config`` for new requests; requests in flight finish on the state they started on."""
+    new = await ProxyState.build(config, app[METRICS], app[FACTORY])
+    old = app[STATE]
+    app[STATE] = new
+    if (old.config.server.host, old.config.server.port) != (config.server.host, config.server.port):
+        log.warning("reload_listen_address_unchanged", reason="host/port apply on restart only")
+    task = asyncio.create_task(old.drain_and_close())
+    app[DRAINING].add(task)
+    task.add_done_callback(app[DRAINING].discard)
+    log.info("reloaded", routes=[r.name for r in config.routes])
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].handler(request)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready = bool(request.app[READY])
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = request.app[METRICS].render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -1,0 +1,423 @@
+"""The request handler: match a route, settle the credential, stream the exchange both ways.
+
+Everything a request is judged by (route, header policy, credential sources, upstream rule) is
+decided by framework-free core modules; this module only moves bytes and maps failures to
+statuses. Streams are relayed chunk by chunk as they arrive — no response is held back waiting
+for more data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from mcpproxy.config.model import RouteSettings
+from mcpproxy.credentials import (
+    RequestView,
+    Subject,
+    check_credential_headers,
+    credential_header_names,
+    resolve_subject,
+    strip_meta_credentials,
+)
+from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
+from mcpproxy.headers import (
+    REQUEST_ID,
+    downstream_response_headers,
+    route_allowlist,
+    upstream_request_headers,
+)
+from mcpproxy.jsonrpc import Body, parse_body
+from mcpproxy.metrics import Registry
+from mcpproxy.routing import Match, RouteTable, rewrite_endpoint
+from mcpproxy.sse import EndpointRejected, EndpointRewriter
+from mcpproxy.upstream_auth import UpstreamCredential, missing_credential
+from mcpproxy.web.responses import error_response
+
+log = structlog.get_logger("mcpproxy.access")
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Bodies up to this size are read whole (one read, one write); larger ones are streamed.
+SMALL_BODY = 64 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class RouteRuntime:
+    """A route's live parts: its upstream connection pool, its credential rule, its counters."""
+
+    settings: RouteSettings
+    credential: UpstreamCredential
+    session: aiohttp.ClientSession
+    allowed: frozenset[str]
+    credential_names: frozenset[str]
+    in_flight: int = 0
+    streams: int = field(default=0)
+
+    @classmethod
+    def create(
+        cls, route: RouteSettings, credential: UpstreamCredential, strip: tuple[str, ...]
+    ) -> RouteRuntime:
+        connector = aiohttp.TCPConnector(
+            limit=route.max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=route.timeouts.connect, sock_read=route.timeouts.idle
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return cls(
+            settings=route,
+            credential=credential,
+            session=session,
+            allowed=route_allowlist(route.forward_headers, (*strip, *route.auth.strip_headers)),
+            credential_names=credential_header_names(route.auth, strip),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@dataclass
+class Outcome:
+    """What the access log line and the metrics say about one request."""
+
+    route: str = "-"
+    mcp_method: str = "-"
+    status: int = 0
+    bytes_out: int = 0
+    subject: Subject | None = None
+    error: str | None = None
+    detail: str | None = None
+    upstream_s: float | None = None
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        table: RouteTable,
+        runtimes: dict[str, RouteRuntime],
+        metrics: Registry,
+        *,
+        max_body_bytes: int,
+        max_credential_bytes: int,
+        access_log: bool = True,
+    ) -> None:
+        self.table = table
+        self.runtimes = runtimes
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.max_credential = max_credential_bytes
+        self.access_log = access_log
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = _request_id(request)
+        outcome = Outcome()
+        body: Body | None = None
+        try:
+            match = self.table.match(request.raw_path)
+            if match is None:
+                raise ProxyError(404, "no route for this path", reason="no_route")
+            outcome.route = match.route.name
+            runtime = self.runtimes[match.route.name]
+            body = await self._read_body(request, runtime)
+            if body is not None:
+                outcome.mcp_method = body.method
+            elif "Mcp-Method" in request.headers:
+                outcome.mcp_method = request.headers["Mcp-Method"][:64]
+            response = await self._forward(request, runtime, match, body, request_id, outcome)
+            outcome.status = response.status
+            return response
+        except ProxyError as exc:
+            outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
+            self.metrics.rejections.inc(route=outcome.route, reason=exc.reason)
+            return _error(exc, request_id, body)
+        except asyncio.CancelledError:
+            outcome.status, outcome.error = 499, "client_disconnected"
+            raise
+        finally:
+            self._record(request, outcome, request_id, started)
+
+    # --- request side -----------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request, runtime: RouteRuntime) -> Body | None:
+        """Read small or feature-needed POST bodies whole; leave others to be streamed."""
+        if request.method != "POST" or not request.body_exists:
+            return None
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise _too_large(self.max_body)
+        needs = runtime.settings.auth.reads_body
+        if not needs and (length is None or length > SMALL_BODY):
+            return None
+        raw = await _read_limited(request, self.max_body)
+        return parse_body(raw, strict=needs)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        runtime: RouteRuntime,
+        match: Match,
+        body: Body | None,
+        request_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        route = runtime.settings
+        check_credential_headers(request.headers, runtime.credential_names, self.max_credential)
+        subject = None
+        if route.auth.subject:
+            view = RequestView(
+                request.headers, _public_host(request, route), route.path, body, self.max_credential
+            )
+            subject = resolve_subject(route.auth.subject, view)
+            if body is not None and strip_meta_credentials(body, route.auth.subject):
+                body.raw = body.serialize()
+        outcome.subject = subject
+        if runtime.credential.needs_subject and subject is None:
+            raise missing_credential()
+        headers = upstream_request_headers(
+            request.headers,
+            runtime.allowed,
+            client_ip=request.remote or "",
+            scheme=request.scheme,
+            host=request.host,
+            request_id=request_id,
+        )
+        if runtime.in_flight >= route.max_connections:
+            self.metrics.upstream_errors.inc(route=route.name, kind="limit")
+            raise ProxyError(
+                503, "too many concurrent requests for this route", reason="route_busy", retry_after=1
+            )
+        runtime.in_flight += 1
+        try:
+            upstream = await self._send(request, runtime, match, headers, body, subject, outcome)
+            return await self._relay(request, runtime, match, upstream, request_id, outcome)
+        finally:
+            runtime.in_flight -= 1
+
+    async def _send(
+        self,
+        request: web.Request,
+        runtime: RouteRuntime,
+        match: Match,
+        headers: CIMultiDict[str],
+        body: Body | None,
+        subject: Subject | None,
+        outcome: Outcome,
+    ) -> aiohttp.ClientResponse:
+        """Send upstream; on a 401 to an exchanged token, drop it and retry once with a fresh one."""
+        credential = runtime.credential
+        replayable = body is not None or not request.body_exists
+        for attempt in (1, 2):
+            value = await credential.value(subject)
+            if value is not None and credential.header:
+                headers[credential.header] = value
+            data: Any = body.raw if body is not None else None
+            if data is None and request.body_exists:
+                data = _limited_stream(request, self.max_body)
+            sent = time.monotonic()
+            upstream = await _request(runtime, request.method, match.upstream_url, headers, data)
+            outcome.upstream_s = time.monotonic() - sent
+            if upstream.status == 401 and credential.retries_on_401 and replayable and attempt == 1:
+                upstream.release()
+                log.info("upstream_401_retry", route=runtime.settings.name)
+                await credential.invalidate(subject)
+                continue
+            return upstream
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- response side ----------------------------------------------------------------------
+
+    async def _relay(
+        self,
+        request: web.Request,
+        runtime: RouteRuntime,
+        match: Match,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        route = runtime.settings
+        try:
+            headers = downstream_response_headers(upstream.headers, relay_set_cookie=route.relay_set_cookie)
+            headers[REQUEST_ID] = request_id
+            self.metrics.upstream_latency.observe(outcome.upstream_s or 0.0, route=route.name)
+            is_sse = upstream.content_type == "text/event-stream"
+            length = upstream.content_length
+            if not is_sse and length is not None and length <= SMALL_BODY:
+                payload = await upstream.read()
+                outcome.bytes_out = len(payload)
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, body=payload, headers=headers
+                )
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if not is_sse and length is not None:
+                response.content_length = length
+            await response.prepare(request)
+            rewriter = (
+                _endpoint_rewriter(request, route, match) if is_sse and request.method == "GET" else None
+            )
+            if is_sse:
+                self.metrics.open_streams.inc(route=route.name)
+            try:
+                await self._pump(request, upstream, response, rewriter, outcome)
+            finally:
+                if is_sse:
+                    self.metrics.open_streams.dec(route=route.name)
+            return response
+        finally:
+            upstream.release()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        rewriter: EndpointRewriter | None,
+        outcome: Outcome,
+    ) -> None:
+        try:
+            async for chunk in upstream.content.iter_any():
+                if rewriter is not None:
+                    chunk = rewriter.feed(chunk)
+                    if rewriter.done:
+                        rewriter = None
+                if chunk:
+                    outcome.bytes_out += len(chunk)
+                    await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError, EndpointRejected) as exc:
+            # Headers are gone already: the only honest signal left is a cut connection.
+            outcome.error = "upstream_stream_failed"
+            outcome.detail = type(exc).__name__
+            self.metrics.upstream_errors.inc(route=outcome.route, kind="stream")
+            if request.transport is not None:
+                request.transport.close()
+
+    # --- logs and metrics -------------------------------------------------------------------
+
+    def _record(self, request: web.Request, outcome: Outcome, request_id: str, started: float) -> None:
+        status = str(outcome.status)
+        self.metrics.requests.inc(
+            route=outcome.route, http_method=request.method, mcp_method=outcome.mcp_method, status=status
+        )
+        if not self.access_log:
+            return
+        fields: dict[str, Any] = {
+            "route": outcome.route,
+            "method": request.method,
+            "path": request.path[:256],
+            "mcp_method": outcome.mcp_method,
+            "status": outcome.status,
+            "bytes": outcome.bytes_out,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "request_id": request_id,
+        }
+        if outcome.upstream_s is not None:
+            fields["upstream_ms"] = round(outcome.upstream_s * 1000, 3)
+        if outcome.subject is not None:
+            fields["credential_source"] = outcome.subject.source
+            fields["subject_fingerprint"] = outcome.subject.token.fingerprint()
+        if outcome.error:
+            fields["error"] = outcome.error
+        if outcome.detail:
+            fields["detail"] = outcome.detail
+        log.info("request", **fields)
+
+
+async def _request(
+    runtime: RouteRuntime, method: str, url: str, headers: CIMultiDict[str], data: Any
+) -> aiohttp.ClientResponse:
+    try:
+        return await runtime.session.request(
+            method, url, headers=headers, data=data, allow_redirects=False, compress=None
+        )
+    except aiohttp.ClientConnectorError as exc:
+        raise _upstream_error(runtime, 502, "connect", "upstream unreachable", exc) from None
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
+    except _BodyTooLarge:
+        raise _too_large(0) from None
+    except aiohttp.ClientError as exc:
+        raise _upstream_error(runtime, 502, "protocol", "upstream failed", exc) from None
+
+
+def _upstream_error(
+    runtime: RouteRuntime, status: int, kind: str, message: str, exc: BaseException
+) -> ProxyError:
+    return ProxyError(
+        status,
+        message,
+        JSONRPC_INTERNAL_ERROR,
+        detail=f"{type(exc).__name__}: {_scrub(str(exc))}",
+        reason=f"upstream_{kind}",
+    )
+
+
+def _scrub(text: str) -> str:
+    return text[:200]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _limited_stream(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge()
+        yield chunk
+
+
+def _too_large(limit: int) -> ProxyError:
+    suffix = f" (limit {limit} bytes)" if limit else ""
+    return ProxyError(413, "request body too large" + suffix, reason="body_too_large")
+
+
+def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match) -> EndpointRewriter:
+    prefix = route.path.rstrip("/")
+    return EndpointRewriter(lambda endpoint: rewrite_endpoint(endpoint, route.upstream, prefix))
+
+
+def _public_host(request: web.Request, route: RouteSettings) -> str:
+    return urlsplit(route.public_url).netloc if route.public_url else request.host
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID)
+    if given and _REQUEST_ID_OK.match(given):
+        return given
+    return os.urandom(8).hex()
+
+
+def _error(exc: ProxyError, request_id: str, body: Body | None) -> web.Response:
+    return error_response(exc, request_id, body.first_id if body else None)
