@@ -58,8 +58,8 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     logging.getLogger("aiohttp.access").disabled = True
 
 
-def _dumps(obj: Any, **kwargs: Any) -> str:
-    return json.dumps(obj, default=repr, separators=(",", ":"), **kwargs)
+def _dumps(obj: Any, **_: Any) -> str:
+    return json.dumps(obj, default=repr, separators=(",", ":"))
 
 
 class _StdlibJson(logging.Formatter):

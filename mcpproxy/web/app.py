@@ -87,11 +87,23 @@ class ProxyState:
         await self.close()
 
 
-STATE = web.AppKey("state", ProxyState)
-FACTORY: web.AppKey[TokenSourceFactory] = web.AppKey("token_source_factory")
-DRAINING: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("draining")
+class Live:
+    """The application's mutable part: the state serving new requests, and states draining."""
+
+    def __init__(self, factory: TokenSourceFactory) -> None:
+        self.factory = factory
+        self.current: ProxyState | None = None
+        self.ready = False
+        self.draining: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> ProxyState:
+        assert self.current is not None, "the application has not started"
+        return self.current
+
+
+LIVE = web.AppKey("live", Live)
 METRICS = web.AppKey("metrics", Registry)
-READY = web.AppKey("ready", bool)
 
 
 def build_app(
@@ -109,13 +121,11 @@ def build_app(
         },
     )
     app[METRICS] = metrics or Registry()
-    app[READY] = False
-    app[FACTORY] = token_sources
-    app[DRAINING] = set()
+    live = app[LIVE] = Live(token_sources)
 
     async def startup(app: web.Application) -> None:
-        app[STATE] = await ProxyState.build(config, app[METRICS], token_sources)
-        app[READY] = True
+        live.current = await ProxyState.build(config, app[METRICS], token_sources)
+        live.ready = True
         log.info(
             "started",
             version=__version__,
@@ -123,12 +133,11 @@ def build_app(
         )
 
     async def cleanup(app: web.Application) -> None:
-        app[READY] = False
-        draining: set[asyncio.Task[None]] = app[DRAINING]
-        for task in tuple(draining):
+        live.ready = False
+        for task in tuple(live.draining):
             task.cancel()
-        if STATE in app:
-            await app[STATE].close()
+        if live.current is not None:
+            await live.current.close()
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
@@ -141,19 +150,20 @@ def build_app(
 
 async def apply_config(app: web.Application, config: Config) -> None:
     """Serve ``config`` for new requests; requests in flight finish on the state they started on."""
-    new = await ProxyState.build(config, app[METRICS], app[FACTORY])
-    old = app[STATE]
-    app[STATE] = new
+    live = app[LIVE]
+    new = await ProxyState.build(config, app[METRICS], live.factory)
+    old = live.state
+    live.current = new
     if (old.config.server.host, old.config.server.port) != (config.server.host, config.server.port):
         log.warning("reload_listen_address_unchanged", reason="host/port apply on restart only")
     task = asyncio.create_task(old.drain_and_close())
-    app[DRAINING].add(task)
-    task.add_done_callback(app[DRAINING].discard)
+    live.draining.add(task)
+    task.add_done_callback(live.draining.discard)
     log.info("reloaded", routes=[r.name for r in config.routes])
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
-    return await request.app[STATE].handler(request)
+    return await request.app[LIVE].state.handler(request)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -161,7 +171,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready = bool(request.app[READY])
+    ready = request.app[LIVE].ready
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 

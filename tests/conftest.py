@@ -1,0 +1,5 @@
+pytest_plugins = [
+    "tests.support.proxy",
+    "tests.support.mcp_servers",
+    "tests.support.oauth",
+]

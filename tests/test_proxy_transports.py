@@ -1,0 +1,68 @@
+"""Every MCP HTTP transport through the proxy, driven by the official SDK clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json
+from tests.support.proxy import ProxyFactory, RunningProxy
+
+SEED = {"total": 5}
+
+
+def route(name: str, path: str, upstream: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "path": path, "upstream": upstream, **extra}
+
+
+async def start(proxy_factory: ProxyFactory, *routes: dict[str, Any]) -> RunningProxy:
+    return await proxy_factory({"routes": list(routes)})
+
+
+@pytest.mark.parametrize("server", ["mcp_json", "mcp_sse", "mcp_stateless"])
+async def test_streamable_http_session_through_proxy(
+    server: str, request: pytest.FixtureRequest, proxy_factory: ProxyFactory
+) -> None:
+    upstream: McpServerProcess = request.getfixturevalue(server)
+    proxy = await start(proxy_factory, route("orch", "/orchestrator/mcp", upstream.url))
+    async with mcp_connect(proxy.url("/orchestrator/mcp")) as conn:
+        tools = await conn.session.list_tools()
+        assert "get_orchestrator_instances" in {t.name for t in tools.tools}
+        result = await conn.session.call_tool("get_orchestrator_instances", {"session_id": "s1"})
+        assert tool_json(result)["total"] == SEED["total"]
+        outcome = await call_tool_collect(conn.session, "progress", {"count": 5})
+        if server == "mcp_sse":  # a JSON answer cannot carry notifications
+            assert [e.progress for e in outcome.progress] == [1, 2, 3, 4, 5]
+    methods = [r["method"] for r in await upstream.requests()]
+    assert methods.count("POST") >= 4
+    if server != "mcp_stateless":
+        assert "DELETE" in methods  # session termination passed through
+
+
+async def test_legacy_sse_transport_endpoint_rewritten(
+    mcp_legacy: McpServerProcess, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await start(proxy_factory, route("legacy", "/legacy", mcp_legacy.base))
+    async with mcp_connect(proxy.url("/legacy/sse"), transport="sse") as conn:
+        result = await conn.session.call_tool("get_orchestrator_instances", {"session_id": "s"})
+        assert tool_json(result)["total"] == 5
+    posts = [r for r in await mcp_legacy.requests() if r["method"] == "POST"]
+    assert posts and all(r["path"].startswith("/messages") for r in posts)
+
+
+async def test_sse_events_are_not_buffered(mcp_sse: McpServerProcess, proxy_factory: ProxyFactory) -> None:
+    """The gated tool sends one event and then waits for us: if the proxy held the event back
+    until the response finished, we would never see it and the call would time out."""
+    proxy = await start(proxy_factory, route("orch", "/o/mcp", mcp_sse.url))
+    async with mcp_connect(proxy.url("/o/mcp")) as conn:
+        seen = asyncio.Event()
+
+        async def release(_: object) -> None:
+            seen.set()
+            await mcp_sse.release("k1")
+
+        outcome = await call_tool_collect(conn.session, "gated", {"key": "k1"}, on_progress=release, timeout=20)
+        assert seen.is_set()
+        assert outcome.text == "released"
