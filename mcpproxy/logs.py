@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -69,6 +70,9 @@ class _StdlibJson(logging.Formatter):
             "logger": record.name,
             "level": record.levelname.lower(),
         }
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and the frames, never the exception's text: parsers and clients put
+            # request bytes (possibly credentials) into their messages.
+            payload["error"] = record.exc_info[0].__name__
+            payload["traceback"] = "".join(traceback.format_tb(record.exc_info[2]))
         return _dumps(payload)

@@ -63,6 +63,8 @@ async def test_sse_events_are_not_buffered(mcp_sse: McpServerProcess, proxy_fact
             seen.set()
             await mcp_sse.release("k1")
 
-        outcome = await call_tool_collect(conn.session, "gated", {"key": "k1"}, on_progress=release, timeout=20)
+        outcome = await call_tool_collect(
+            conn.session, "gated", {"key": "k1"}, on_progress=release, timeout=20
+        )
         assert seen.is_set()
         assert outcome.text == "released"

@@ -147,7 +147,7 @@ class ProxyHandler:
         except ProxyError as exc:
             outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
             self.metrics.rejections.inc(route=outcome.route, reason=exc.reason)
-            return _error(exc, request_id, body)
+            return _error(exc, request_id, body or await _peek_body(request))
         except asyncio.CancelledError:
             outcome.status, outcome.error = 499, "client_disconnected"
             raise
@@ -228,11 +228,15 @@ class ProxyHandler:
             value = await credential.value(subject)
             if value is not None and credential.header:
                 headers[credential.header] = value
-            data: Any = body.raw if body is not None else None
-            if data is None and request.body_exists:
-                data = _limited_stream(request, self.max_body)
+            streamed = StreamedBody(request, self.max_body) if body is None and request.body_exists else None
+            data: Any = body.raw if body is not None else streamed.chunks() if streamed else None
             sent = time.monotonic()
-            upstream = await _request(runtime, request.method, match.upstream_url, headers, data)
+            try:
+                upstream = await _request(runtime, request.method, match.upstream_url, headers, data)
+            except ProxyError:
+                if streamed is not None and streamed.overflowed:
+                    raise _too_large(self.max_body) from None
+                raise
             outcome.upstream_s = time.monotonic() - sent
             if upstream.status == 401 and credential.retries_on_401 and replayable and attempt == 1:
                 upstream.release()
@@ -352,8 +356,6 @@ async def _request(
         raise _upstream_error(runtime, 502, "connect", "upstream unreachable", exc) from None
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
-    except _BodyTooLarge:
-        raise _too_large(0) from None
     except aiohttp.ClientError as exc:
         raise _upstream_error(runtime, 502, "protocol", "upstream failed", exc) from None
 
@@ -378,6 +380,24 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class StreamedBody:
+    """A request body relayed chunk by chunk, cut off (and remembered as such) past ``limit``."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+        self.overflowed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self._limit:
+                self.overflowed = True
+                raise _BodyTooLarge()
+            yield chunk
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -389,18 +409,19 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _limited_stream(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge()
-        yield chunk
+async def _peek_body(request: web.Request) -> Body | None:
+    """The unread body of a small POST, so an error can answer with the request's JSON-RPC id."""
+    length = request.content_length
+    if request.method != "POST" or length is None or length > SMALL_BODY or request.content.at_eof():
+        return None
+    try:
+        return parse_body(await request.content.read(length), strict=False)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None
 
 
 def _too_large(limit: int) -> ProxyError:
-    suffix = f" (limit {limit} bytes)" if limit else ""
-    return ProxyError(413, "request body too large" + suffix, reason="body_too_large")
+    return ProxyError(413, f"request body too large (limit {limit} bytes)", reason="body_too_large")
 
 
 def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match) -> EndpointRewriter:

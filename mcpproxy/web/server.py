@@ -12,6 +12,7 @@ from aiohttp import web
 from mcpproxy.config import ConfigError, load_config
 from mcpproxy.config.model import Config
 from mcpproxy.web.app import apply_config, build_app
+from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
 
 log = structlog.get_logger("mcpproxy")
 
@@ -33,12 +34,7 @@ def serve(config_path: str, config: Config) -> int:
 
 async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
     app = build_app(config)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=config.server.shutdown_grace_s,
-    )
+    runner = ProxyRunner(app, **runner_kwargs(shutdown_timeout=config.server.shutdown_grace_s))
     await runner.setup()
     site = web.TCPSite(
         runner,

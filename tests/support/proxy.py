@@ -27,6 +27,7 @@ from mcpproxy import logs
 from mcpproxy.config import Config, parse_config
 from mcpproxy.metrics import Registry
 from mcpproxy.web.app import LIVE, build_app
+from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = Path(os.environ.get("MCPPROXY_TEST_LOG_DIR", ROOT / ".cache" / "test-logs"))
@@ -57,6 +58,13 @@ def make_config(spec: Mapping[str, Any] | str, env: Mapping[str, str] | None = N
     return parse_config(text, {**os.environ, **(env or {})})
 
 
+class ProxyTestServer(TestServer):
+    """aiohttp's TestServer on the proxy's own runner (the one ``mcpproxy serve`` uses)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ProxyRunner(self.app, **runner_kwargs(**kwargs))
+
+
 @dataclass
 class RunningProxy:
     base: str
@@ -83,8 +91,8 @@ async def proxy_factory() -> AsyncIterator[ProxyFactory]:
         config = make_config(spec, env)
         metrics = Registry()
         app = build_app(config, metrics=metrics)
-        server = TestServer(app, host="127.0.0.1", port=free_port())
-        await server.start_server()  # TestServer always sets handler_cancellation=True
+        server = ProxyTestServer(app, host="127.0.0.1", port=free_port())
+        await server.start_server()
         servers.append(server)
         return RunningProxy(str(server.make_url("")).rstrip("/"), app, metrics)
 
@@ -176,7 +184,9 @@ def _wait_ready(proxy: ProxyProcess, timeout: float = 15) -> None:
 def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def start(config_text: str, env: Mapping[str, str] | None = None, port: int | None = None) -> ProxyProcess:
+    def start(
+        config_text: str, env: Mapping[str, str] | None = None, port: int | None = None
+    ) -> ProxyProcess:
         proc = start_proxy_process(config_text, tmp_path, env, port)
         started.append(proc)
         return proc
