@@ -21,7 +21,7 @@ class EndpointRejected(Exception):
 
 class EndpointRewriter:
     """Feed upstream chunks in, get bytes to send out. ``rewrite`` maps the endpoint URL or
-    returns None to reject it."""
+    returns None to reject it. Only the stream's first event is examined."""
 
     def __init__(self, rewrite: Callable[[str], str | None]) -> None:
         self._rewrite = rewrite
@@ -49,7 +49,10 @@ class EndpointRewriter:
     def _event(self, raw: bytes) -> bytes:
         lines = re.split(rb"\r\n|\n|\r", raw.rstrip(b"\r\n"))
         fields = [_field(line) for line in lines]
+        if all(name == b"" for name, _ in fields):
+            return raw  # a comment block (keep-alive): not an event
         if not any(name == b"event" and value == b"endpoint" for name, value in fields):
+            self.done = True  # the legacy transport names its endpoint first, or not at all
             return raw
         data = b"\n".join(value for name, value in fields if name == b"data")
         target = self._rewrite(data.decode("utf-8", "replace").strip())

@@ -167,7 +167,7 @@ async def test_provider_data_for_another_endpoint_is_not_used(
 ) -> None:
     host = proxy.base.split("//")[1]
     for key in (f"http://{host}/other/mcp", "http://other-host:1/fwd/mcp", f"http://{host}/fwd"):
-        status, headers, _ = await send(
+        status, _, _ = await send(
             proxy,
             "/fwd/mcp",
             [("X-LlamaStack-Provider-Data", provider_data(key, {"Authorization": f"Bearer {USER}"}))],

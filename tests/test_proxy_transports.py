@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 
-from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json
+from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json, tool_text
+from mcpproxy.web.app import LIVE
 from tests.support.proxy import ProxyFactory, RunningProxy
 
 SEED = {"total": 5}
@@ -68,3 +70,42 @@ async def test_sse_events_are_not_buffered(mcp_sse: McpServerProcess, proxy_fact
         )
         assert seen.is_set()
         assert outcome.text == "released"
+
+
+@pytest.mark.parametrize("protocol", ["2026-07-28", "auto"])
+async def test_stateless_2026_revision_through_proxy(
+    protocol: str, mcp_stateless: McpServerProcess, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await start(proxy_factory, route("s", "/s/mcp", mcp_stateless.url))
+    async with mcp_connect(proxy.url("/s/mcp"), protocol=protocol) as conn:  # type: ignore[arg-type]
+        assert conn.protocol_version == "2026-07-28"
+        result = await conn.session.call_tool("add", {"a": 2, "b": 3})
+        assert tool_text(result) == "5"
+    posts = [r for r in await mcp_stateless.requests() if r["method"] == "POST"]
+    calls = [r for r in posts if r["headers"].get("mcp-method") == ["tools/call"]]
+    assert calls and calls[0]["headers"]["mcp-name"] == ["add"]
+    assert "mcp-session-id" not in calls[0]["headers"]
+
+
+async def test_client_disconnect_cancels_upstream(
+    mcp_sse: McpServerProcess, proxy_factory: ProxyFactory
+) -> None:
+    """A caller that goes away mid-stream must not leave the upstream request running."""
+    proxy = await start(proxy_factory, route("o", "/o/mcp", mcp_sse.url))
+    runtime = proxy.app[LIVE].state.handler.runtimes["o"]
+    conn_cm = mcp_connect(proxy.url("/o/mcp"))
+    conn = await conn_cm.__aenter__()
+    call = asyncio.create_task(call_tool_collect(conn.session, "gated", {"key": "never"}, timeout=30))
+    for _ in range(200):
+        if runtime.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.in_flight >= 1
+    call.cancel()
+    with contextlib.suppress(BaseException):
+        await conn_cm.__aexit__(None, None, None)
+    for _ in range(300):
+        if runtime.in_flight == 0 and runtime.session.connector is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.in_flight == 0, "the upstream request outlived its caller"

@@ -1,0 +1,121 @@
+"""Framework-free core units: routing, endpoint rewriting, SSE, secrets, metrics, header policy."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from multidict import CIMultiDict
+
+from mcpproxy.errors import ProxyError
+from mcpproxy.headers import downstream_response_headers, route_allowlist, upstream_request_headers
+from mcpproxy.metrics import Registry
+from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
+from mcpproxy.secrets import Secret
+from mcpproxy.sse import EndpointRejected, EndpointRewriter
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "base", "expected"),
+    [
+        ("/messages/?session_id=abc", "http://127.0.0.1:9000", "/legacy/messages/?session_id=abc"),
+        (
+            "http://127.0.0.1:9000/messages/?session_id=abc",
+            "http://127.0.0.1:9000",
+            "/legacy/messages/?session_id=abc",
+        ),
+        ("/base/messages/?session_id=1", "http://127.0.0.1:9000/base", "/legacy/messages/?session_id=1"),
+        ("/elsewhere/messages/", "http://127.0.0.1:9000/base", None),
+        ("http://evil.example/messages/", "http://127.0.0.1:9000", None),
+        ("/base/../admin", "http://127.0.0.1:9000/base", None),
+        ("messages/", "http://127.0.0.1:9000", None),
+    ],
+)
+def test_rewrite_endpoint(endpoint: str, base: str, expected: str | None) -> None:
+    assert rewrite_endpoint(endpoint, base, "/legacy") == expected
+
+
+def test_endpoint_rewriter_handles_split_chunks_and_passes_the_rest() -> None:
+    rewriter = EndpointRewriter(lambda e: "/legacy" + e)
+    stream = b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\nevent: message\ndata: {}\n\n"
+    out = b"".join(rewriter.feed(stream[i : i + 7]) for i in range(0, len(stream), 7))
+    assert out.startswith(b"event: endpoint\ndata: /legacy/messages/?session_id=1\n\n")
+    assert out.endswith(b"event: message\ndata: {}\n\n")
+    assert rewriter.done
+
+
+def test_endpoint_rewriter_rejects_outside_endpoint() -> None:
+    rewriter = EndpointRewriter(lambda e: None)
+    with pytest.raises(EndpointRejected):
+        rewriter.feed(b"event: endpoint\ndata: http://evil/x\n\n")
+
+
+def test_endpoint_rewriter_stops_after_first_event() -> None:
+    rewriter = EndpointRewriter(lambda e: pytest.fail("must not rewrite later events"))  # type: ignore[arg-type,return-value]
+    assert rewriter.feed(b"id: 1\ndata: {}\n\n") == b"id: 1\ndata: {}\n\n"
+    assert rewriter.done
+    assert rewriter.feed(b"event: endpoint\ndata: /x\n\n") == b"event: endpoint\ndata: /x\n\n"
+
+
+@pytest.mark.parametrize("path", ["/a/../b", "/a/%2e%2E/b", "/a//b", "/a/%2F", "/a\\b", "x/y", "/a/%00"])
+def test_check_target_refuses(path: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        check_target(path)
+    assert info.value.status == 400
+
+
+def test_upstream_url_joins() -> None:
+    assert upstream_url("http://u/mcp", "", "") == "http://u/mcp"
+    assert upstream_url("http://u/mcp/", "", "a=1") == "http://u/mcp/?a=1"
+    assert upstream_url("http://u", "/messages/", "session_id=x") == "http://u/messages/?session_id=x"
+
+
+def test_secret_never_renders() -> None:
+    secret = Secret("s3cr3t-value")
+    assert "s3cr3t" not in f"{secret} {secret!r} {[secret]} {secret:>20}"
+    assert secret.reveal() == "s3cr3t-value"
+    assert secret.fingerprint() == Secret("s3cr3t-value").fingerprint() != Secret("other").fingerprint()
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+
+
+def test_header_policy_both_ways() -> None:
+    allowed = route_allowlist(["x-tenant"], ["x-tenant-secret"])
+    incoming = CIMultiDict(
+        [("Accept", "a"), ("X-Tenant", "t"), ("Authorization", "Bearer x"), ("Upgrade", "h2c"), ("Host", "h")]
+    )
+    out = upstream_request_headers(
+        incoming, allowed, client_ip="1.2.3.4", scheme="http", host="h", request_id="r"
+    )
+    assert set(out) == {
+        "Accept",
+        "X-Tenant",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Request-Id",
+    }
+    response = CIMultiDict(
+        [
+            ("Content-Type", "application/json"),
+            ("Set-Cookie", "a=b"),
+            ("Transfer-Encoding", "chunked"),
+            ("Mcp-Session-Id", "s"),
+        ]
+    )
+    assert set(downstream_response_headers(response, relay_set_cookie=False)) == {
+        "Content-Type",
+        "Mcp-Session-Id",
+    }
+
+
+def test_metrics_render() -> None:
+    metrics = Registry()
+    metrics.requests.inc(route="a", http_method="POST", mcp_method="tools/call", status="200")
+    metrics.upstream_latency.observe(0.003, route="a")
+    text = metrics.render()
+    assert (
+        'mcpproxy_requests_total{route="a",http_method="POST",mcp_method="tools/call",status="200"} 1' in text
+    )
+    assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.005"} 1' in text
+    assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.001"} 0' in text
