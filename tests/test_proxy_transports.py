@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json, tool_text
 from mcpproxy.web.app import LIVE
+from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json, tool_text
 from tests.support.proxy import ProxyFactory, RunningProxy
 
 SEED = {"total": 5}

@@ -44,23 +44,24 @@ class Discovery:
         self._clock = clock
         self._known: dict[str, tuple[str, float]] = {}
 
-    async def token_endpoint(self, issuer: str, *, allow_insecure: bool, timeout: float) -> str:
+    async def token_endpoint(self, issuer: str, *, allow_insecure: bool, timeout_s: float) -> str:
         cached = self._known.get(issuer)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
-        endpoint = await self._discover(issuer, allow_insecure, timeout)
+        endpoint = await self._discover(issuer, allow_insecure, timeout_s)
         self._known[issuer] = (endpoint, self._clock() + self._ttl)
         return endpoint
 
-    async def _discover(self, issuer: str, allow_insecure: bool, timeout: float) -> str:
+    async def _discover(self, issuer: str, allow_insecure: bool, timeout_s: float) -> str:
         failure: TokenEndpointError | None = None
         for url in metadata_urls(issuer):
             try:
-                reply = await self._http.get_json(url, timeout)
+                reply = await self._http.get_json(url, timeout_s)
             except TransportError as exc:
                 raise unavailable(f"metadata of {issuer}: {exc}") from None
             if reply.status == 200:
-                return self._token_endpoint_of(parse_json(reply.body, f"metadata at {url}"), issuer, allow_insecure)
+                doc = parse_json(reply.body, f"metadata at {url}")
+                return self._token_endpoint_of(doc, issuer, allow_insecure)
             failure = classify_reply(f"metadata at {url}", reply)
             if failure.kind == "unavailable":
                 raise failure
@@ -77,5 +78,5 @@ class Discovery:
         problem = insecure_reason(endpoint, allow_insecure)
         if problem:
             raise misconfigured(f"token_endpoint {endpoint} of {issuer} {problem}")
-        log.info("discovered token endpoint", issuer=issuer, token_endpoint=endpoint)
+        log.info("discovered token endpoint", issuer=issuer, endpoint=endpoint)
         return endpoint

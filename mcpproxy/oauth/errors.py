@@ -27,7 +27,10 @@ from mcpproxy.secrets import Secret
 
 Kind = Literal["refused", "misconfigured", "unavailable"]
 
-CALLER_REFUSALS = frozenset({"invalid_grant", "invalid_token", "access_denied"})
+#: Entra answers interaction_required when the user must satisfy a policy (MFA) first.
+CALLER_REFUSALS = frozenset(
+    {"invalid_grant", "invalid_token", "access_denied", "interaction_required"}
+)
 TRANSIENT = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 DEFAULT_RETRY_AFTER = 5
 MAX_RETRY_AFTER = 300

@@ -22,11 +22,11 @@ class TransportError(Exception):
 
 class TokenHttp(Protocol):
     async def post_form(
-        self, url: str, form: Form, headers: Mapping[str, str], timeout: float
+        self, url: str, form: Form, headers: Mapping[str, str], timeout_s: float
     ) -> HttpReply:
         """POST ``application/x-www-form-urlencoded``; never follows redirects."""
         ...
 
-    async def get_json(self, url: str, timeout: float) -> HttpReply:
+    async def get_json(self, url: str, timeout_s: float) -> HttpReply:
         """GET with ``Accept: application/json`` (metadata discovery); never follows redirects."""
         ...
