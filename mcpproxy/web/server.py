@@ -1,20 +1,28 @@
-"""Runs the proxy: event loop, listening socket, graceful shutdown and reload on SIGHUP."""
+"""Runs the proxy: worker processes, event loop, graceful shutdown, reload on SIGHUP.
+
+With ``server.workers: N > 1`` the parent forks N workers before any event loop exists; each
+binds the same port with ``SO_REUSEPORT`` so the kernel spreads connections across them. The
+parent only supervises: it relays SIGTERM/SIGINT/SIGHUP and restarts a worker that died.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import time
 
 import structlog
 from aiohttp import web
 
 from mcpproxy.config import ConfigError, load_config
 from mcpproxy.config.model import Config
-from mcpproxy.web.app import apply_config, build_app
+from mcpproxy.web.app import LIVE, apply_config, build_app
 from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
 
 log = structlog.get_logger("mcpproxy")
+_RESTART_BACKOFF_S = 1.0
 
 
 def install_uvloop() -> bool:
@@ -28,6 +36,12 @@ def install_uvloop() -> bool:
 
 def serve(config_path: str, config: Config) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    if config.server.workers > 1:
+        return _supervise(config_path, config)
+    return _run_worker(config_path, config)
+
+
+def _run_worker(config_path: str, config: Config) -> int:
     fast = install_uvloop()
     return asyncio.run(_serve(config_path, config, fast))
 
@@ -44,7 +58,7 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
         backlog=1024,
     )
     await site.start()
-    log.info("listening", host=config.server.host, port=config.server.port, uvloop=uvloop)
+    log.info("listening", host=config.server.host, port=config.server.port, uvloop=uvloop, pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -58,7 +72,10 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("stopping", grace_s=config.server.shutdown_grace_s)
+    app[LIVE].ready = False
+    log.info("stopping", grace_s=config.server.shutdown_grace_s, in_flight=app[LIVE].state.in_flight)
+    # Stops accepting at once, lets in-flight requests finish within the grace period, then
+    # cancels what is left and closes upstream pools.
     with contextlib.suppress(Exception):
         await runner.cleanup()
     log.info("stopped")
@@ -74,3 +91,51 @@ async def _reload(app: web.Application, config_path: str) -> None:
         log.error("reload_refused", error=str(exc), kept="previous configuration")
     except Exception as exc:  # a reload must never take the running proxy down
         log.error("reload_failed", error=type(exc).__name__, kept="previous configuration")
+
+
+def _supervise(config_path: str, config: Config) -> int:
+    """Fork the workers and keep them running until told to stop."""
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            os._exit(_run_worker(config_path, config))
+        children[pid] = time.monotonic()
+
+    def relay(sig: int, _: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, relay)
+    for _ in range(config.server.workers):
+        spawn()
+    log.info("supervising", workers=config.server.workers, pids=sorted(children))
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        if stopping:
+            status = status or (exit_code if exit_code > 0 else 0)
+            continue
+        log.error("worker_died", pid=pid, exit_code=exit_code)
+        if time.monotonic() - started < _RESTART_BACKOFF_S:
+            time.sleep(_RESTART_BACKOFF_S)
+        spawn()
+    return status
