@@ -14,7 +14,9 @@ JSONRPC_PARSE_ERROR = -32700
 JSONRPC_INVALID_REQUEST = -32600
 JSONRPC_INTERNAL_ERROR = -32603
 JSONRPC_SERVER_ERROR = -32000
-JSONRPC_HEADER_MISMATCH = -32001
+#: 2026-07-28 HeaderMismatch: Mcp-Method / Mcp-Name missing, malformed or disagreeing with the body.
+#: (The spec and the mcp SDKs use -32020; -32001 was an earlier draft's number.)
+JSONRPC_HEADER_MISMATCH = -32020
 
 
 @dataclass

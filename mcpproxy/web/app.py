@@ -38,7 +38,12 @@ class TokenSources:
 
 
 async def default_token_sources(config: Config, metrics: Registry) -> TokenSources:
-    return TokenSources()
+    """OAuth token sources for the config's exchange routes (none needed: nothing is built)."""
+    if not any(isinstance(r.auth.upstream, ExchangeUpstreamAuth) for r in config.routes):
+        return TokenSources()
+    from mcpproxy.web.oauth_http import exchange_token_sources
+
+    return await exchange_token_sources(config, metrics)
 
 
 class ProxyState:
