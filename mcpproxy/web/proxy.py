@@ -265,7 +265,7 @@ class ProxyHandler:
             is_sse = upstream.content_type == "text/event-stream"
             length = upstream.content_length
             if not is_sse and length is not None and length <= SMALL_BODY:
-                payload = await upstream.read()
+                payload = await _read_whole(runtime, upstream)
                 outcome.bytes_out = len(payload)
                 return web.Response(
                     status=upstream.status, reason=upstream.reason, body=payload, headers=headers
@@ -358,6 +358,16 @@ async def _request(
         raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
     except aiohttp.ClientError as exc:
         raise _upstream_error(runtime, 502, "protocol", "upstream failed", exc) from None
+
+
+async def _read_whole(runtime: RouteRuntime, upstream: aiohttp.ClientResponse) -> bytes:
+    """A small response read whole; a failure here is still the upstream's, not the proxy's."""
+    try:
+        return await upstream.read()
+    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+        raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
+    except aiohttp.ClientError as exc:
+        raise _upstream_error(runtime, 502, "protocol", "upstream failed mid-response", exc) from None
 
 
 def _upstream_error(
