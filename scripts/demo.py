@@ -47,7 +47,11 @@ async def main() -> int:
         "weather": McpServerProcess("json", require_headers={"X-Api-Key": WEATHER_KEY}),
         "gitlab": McpServerProcess("json"),
         "tool": McpServerProcess(
-            "sse", require_bearer_jwt=True, issuer=oauth.issuer, jwks_url=oauth.jwks_uri, audience="my-external-tool"
+            "sse",
+            require_bearer_jwt=True,
+            issuer=oauth.issuer,
+            jwks_url=oauth.jwks_uri,
+            audience="my-external-tool",
         ),
     }
     for server in servers.values():
@@ -67,7 +71,9 @@ async def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     proxy = start_proxy_process((ROOT / "config" / "demo.yaml").read_text(), workdir, env, port)
     try:
-        print(f"mcpproxy on {proxy.base} (config/demo.yaml); OAuth server {oauth.issuer}; log {proxy.log_path}")
+        print(
+            f"mcpproxy on {proxy.base} (config/demo.yaml); OAuth server {oauth.issuer}; log {proxy.log_path}"
+        )
         await run_stories(proxy.base, oauth, servers)
     finally:
         proxy.stop()
@@ -87,7 +93,10 @@ async def run_stories(base: str, oauth: OAuthServer, servers: dict[str, McpServe
     step("2. Static key: the weather server needs X-Api-Key; the caller sends its own, which is dropped")
     async with mcp_connect(f"{base}/weather/mcp", headers={"X-Api-Key": "callers-own-key"}) as conn:
         seen = tool_json(await conn.session.call_tool("echo_headers", {}))
-    show("X-Api-Key upstream got", "the operator key" if seen["x-api-key"] == [WEATHER_KEY] else seen["x-api-key"])
+    show(
+        "X-Api-Key upstream got",
+        "the operator key" if seen["x-api-key"] == [WEATHER_KEY] else seen["x-api-key"],
+    )
 
     alice = await oauth.user_token("alice")
     step("3. Forward: alice's token mapped onto the server's own PRIVATE-TOKEN header")
@@ -117,9 +126,10 @@ async def run_stories(base: str, oauth: OAuthServer, servers: dict[str, McpServe
     show("...after a second session", grants["urn:ietf:params:oauth:grant-type:token-exchange"]["success"])
 
     step("5. No token on a route that needs one: the proxy answers 401 and sends nothing upstream")
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{base}/tool/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base}/tool/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}) as resp,
+    ):
         show("status", resp.status)
         show("WWW-Authenticate", resp.headers.get("WWW-Authenticate"))
         show("body", await resp.text())
