@@ -21,7 +21,7 @@ class TokenSource(Protocol):
 
     async def get(self, subject: Secret | None) -> Secret: ...
 
-    async def invalidate(self, subject: Secret | None) -> None: ...
+    async def invalidate(self, subject: Secret | None, rejected: Secret | None = None) -> None: ...
 
 
 class UpstreamCredential:
@@ -55,9 +55,21 @@ class UpstreamCredential:
             return rule.format.replace("{token}", token.reveal())
         return None
 
-    async def invalidate(self, subject: Subject | None) -> None:
-        if self.tokens is not None:
-            await self.tokens.invalidate(subject.token if subject else None)
+    async def invalidate(self, subject: Subject | None, sent: str | None = None) -> None:
+        """Drop the token the upstream just refused (``sent`` is the header value it carried),
+        unless a concurrent request already replaced it."""
+        if self.tokens is None:
+            return
+        rejected = self._unformat(sent) if sent is not None else None
+        await self.tokens.invalidate(subject.token if subject else None, rejected)
+
+    def _unformat(self, value: str) -> Secret | None:
+        if not isinstance(self.rule, ExchangeUpstreamAuth):
+            return None
+        prefix, _, suffix = self.rule.format.partition("{token}")
+        if not value.startswith(prefix) or not value.endswith(suffix):
+            return None
+        return Secret(value[len(prefix) : len(value) - len(suffix)])
 
     def _require(self, subject: Subject | None) -> Subject:
         if subject is None:

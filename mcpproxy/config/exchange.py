@@ -305,7 +305,7 @@ def _entra_obo(sec: Section) -> EntraOboSettings:
     else:
         if sec.has("issuer") or sec.has("token_endpoint"):
             sec.error("tenant", "give either tenant or issuer/token_endpoint, not both")
-        if not re.match(r"^[A-Za-z0-9.-]{1,100}$", tenant):
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,100}", tenant):
             sec.error("tenant", f"{tenant!r} is not a tenant id or domain")
         allow_insecure = sec.flag("allow_insecure", False)
         authority = (authority or "https://login.microsoftonline.com").rstrip("/")

@@ -7,6 +7,7 @@ are not, so a server that comes back is found on the next request.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -43,14 +44,25 @@ class Discovery:
         self._ttl = ttl_s
         self._clock = clock
         self._known: dict[str, tuple[str, float]] = {}
+        self._inflight: dict[str, asyncio.Task[str]] = {}
 
     async def token_endpoint(self, issuer: str, *, allow_insecure: bool, timeout_s: float) -> str:
+        """The issuer's token endpoint; concurrent first requests share one discovery (and its
+        failure)."""
         cached = self._known.get(issuer)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
-        endpoint = await self._discover(issuer, allow_insecure, timeout_s)
-        self._known[issuer] = (endpoint, self._clock() + self._ttl)
-        return endpoint
+        task = self._inflight.get(issuer)
+        if task is None:
+            task = asyncio.create_task(self._discover(issuer, allow_insecure, timeout_s))
+            self._inflight[issuer] = task
+            task.add_done_callback(lambda done: self._settled(issuer, done))
+        return await asyncio.shield(task)
+
+    def _settled(self, issuer: str, task: asyncio.Task[str]) -> None:
+        del self._inflight[issuer]
+        if not task.cancelled() and task.exception() is None:
+            self._known[issuer] = (task.result(), self._clock() + self._ttl)
 
     async def _discover(self, issuer: str, allow_insecure: bool, timeout_s: float) -> str:
         failure: TokenEndpointError | None = None

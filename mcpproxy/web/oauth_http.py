@@ -3,7 +3,6 @@ session, and the token-source factory the application uses for exchange routes."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
 
@@ -79,7 +78,6 @@ class AiohttpTokenHttp:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-            await asyncio.sleep(0)  # let the connector finish closing its transports
 
 
 async def exchange_token_sources(config: Config, metrics: Registry) -> TokenSources:
