@@ -15,9 +15,10 @@ want=$(stamp requirements-dev.lock pyproject.toml)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: creating .venv with $($PY --version)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -r requirements-dev.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  quiet() { "$@" 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }; }
+  quiet .venv/bin/python -m pip install -q --upgrade pip
+  quiet .venv/bin/python -m pip install -q -r requirements-dev.lock
+  quiet .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > .venv/.stamp
 fi
 

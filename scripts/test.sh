@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-echo "== ruff" && .venv/bin/ruff check mcpproxy tests bench scripts
+echo "== ruff" && .venv/bin/ruff check mcpproxy tests scripts $( [ -d bench ] && echo bench )
 echo "== mypy" && .venv/bin/mypy
 echo "== pytest" && exec .venv/bin/pytest "$@"
