@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     for name, text in (("serve", "run the proxy"), ("check", "validate a config and list its routes")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("-c", "--config", required=True, help="the YAML route table")
+        default = os.environ.get("MCPPROXY_CONFIG")
+        cmd.add_argument(
+            "-c",
+            "--config",
+            default=default,
+            required=default is None,
+            help="the YAML route table (default: $MCPPROXY_CONFIG)",
+        )
         cmd.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 

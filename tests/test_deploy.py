@@ -512,7 +512,7 @@ def test_every_route_table_is_found() -> None:
 @pytest.mark.parametrize("config", PROXY_CONFIGS, ids=[str(p.relative_to(DEPLOY)) for p in PROXY_CONFIGS])
 def test_route_table_passes_mcpproxy_check(config: Path) -> None:
     if not _cli_importable():
-        pytest.skip("CLI not built yet")
+        pytest.fail("mcpproxy.cli is not importable")
     # The env vars the configs reference are set by run_mcpproxy_check (V.CHECK_ENV), and the
     # secret files (container paths) are replaced by stand-ins in a temporary copy.
     assert set(V.CHECK_ENV) >= set().union(*(V._configured_env_refs(p.read_text()) for p in PROXY_CONFIGS))
@@ -544,7 +544,7 @@ OGX_CONFIGS = [COMPOSE / "ogx" / "run.yaml", DEPLOY / "kubernetes" / "sidecar" /
 def test_ogx_accepts_its_config(config: Path, tmp_path: Path) -> None:
     ogx = ROOT / ".ogx-venv" / "bin" / "ogx"
     if not ogx.is_file():
-        pytest.skip("OGX not installed (bash scripts/ogx-env.sh ogx)")
+        pytest.fail("OGX not installed: run bash scripts/ogx-env.sh ogx")
     env = {
         **os.environ,
         "OGX_DATA_DIR": str(tmp_path),
@@ -586,7 +586,7 @@ def test_examples_check_catches_a_url_that_bypasses_the_proxy(
 def test_llamastack_accepts_the_toolgroup_example() -> None:
     python = ROOT / ".llamastack-venv" / "bin" / "python"
     if not python.is_file():
-        pytest.skip("Llama Stack not installed (bash scripts/ogx-env.sh llamastack)")
+        pytest.fail("Llama Stack not installed: run bash scripts/ogx-env.sh llamastack")
     code = (
         "import sys, yaml\n"
         "from llama_stack.core.datatypes import StackConfig\n"
@@ -614,7 +614,7 @@ def example_mcp_server(
 ) -> Iterator[tuple[str, Any]]:
     """deploy/compose/mcp-server/server.py on a free port, trusting a local JWKS. Yields its
     URL and a function minting RS256 tokens `mint(aud)` signed by that JWKS's key."""
-    pytest.importorskip("mcp.server.mcpserver")
+    import mcp.server.mcpserver  # noqa: F401  (a test dependency; its absence is a failure)
     import jwt
     from cryptography.hazmat.primitives.asymmetric import rsa
 
