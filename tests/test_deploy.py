@@ -614,8 +614,8 @@ def example_mcp_server(
 ) -> Iterator[tuple[str, Any]]:
     """deploy/compose/mcp-server/server.py on a free port, trusting a local JWKS. Yields its
     URL and a function minting RS256 tokens `mint(aud)` signed by that JWKS's key."""
-    import mcp.server.mcpserver  # noqa: F401  (a test dependency; its absence is a failure)
     import jwt
+    import mcp.server.mcpserver  # noqa: F401  (a test dependency; its absence is a failure)
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
