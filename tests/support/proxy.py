@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +31,8 @@ from mcpproxy.web.app import LIVE, build_app
 from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
-LOG_DIR = Path(os.environ.get("MCPPROXY_TEST_LOG_DIR", ROOT / ".cache" / "test-logs"))
+#: One directory per test session (several sessions may run at once on a developer's machine).
+LOG_DIR = Path(os.environ.get("MCPPROXY_TEST_LOG_DIR", ROOT / ".cache" / "test-logs")) / f"session-{os.getpid()}"
 
 
 class SecretRegistry:
@@ -200,20 +202,27 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 def leak_guard() -> Iterator[SecretRegistry]:
     """Routes every in-process proxy log line to a file and, at session end, fails the run if
     any registered credential value appears in any proxy log (in-process or subprocess)."""
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    for old in LOG_DIR.glob("*.log"):
-        old.unlink()
+    if LOG_DIR.exists():
+        shutil.rmtree(LOG_DIR)
+    LOG_DIR.mkdir(parents=True)
     stream = (LOG_DIR / "in-process.log").open("a", encoding="utf-8")
     logs.configure("debug", stream)
     yield SECRETS
     stream.flush()
-    leaks = []
-    for path in sorted(LOG_DIR.glob("*.log")):
-        text = path.read_text(errors="replace")
-        leaks.extend(f"{path.name}: …{v[:4]}" for v in SECRETS.values if v in text)
     stream.close()
+    leaks = find_leaks(LOG_DIR, SECRETS.values)
     if leaks:
         pytest.fail("credential values found in proxy logs: " + "; ".join(leaks), pytrace=False)
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+
+
+def find_leaks(directory: Path, values: set[str]) -> list[str]:
+    """``file: …prefix`` for every credential value found in any log file under ``directory``."""
+    leaks = []
+    for path in sorted(directory.glob("*.log")):
+        text = path.read_text(errors="replace")
+        leaks.extend(f"{path.name}: …{v[:4]}" for v in values if v in text)
+    return leaks
 
 
 @pytest.fixture
