@@ -11,6 +11,7 @@ import pytest
 from mcpproxy.web.app import LIVE
 from tests.support.mcp_servers import McpServerProcess, call_tool_collect, mcp_connect, tool_json, tool_text
 from tests.support.proxy import ProxyFactory, RunningProxy
+from tests.test_mcp_servers import assert_resumed_progress
 
 SEED = {"total": 5}
 
@@ -109,3 +110,15 @@ async def test_client_disconnect_cancels_upstream(
             break
         await asyncio.sleep(0.01)
     assert runtime.in_flight == 0, "the upstream request outlived its caller"
+
+
+async def test_sse_resumption_through_proxy(mcp_sse: McpServerProcess, proxy_factory: ProxyFactory) -> None:
+    """The server closes the POST's stream after one event; the SDK client resumes with a GET
+    carrying Last-Event-ID — through the proxy — and gets the rest."""
+    proxy = await start(proxy_factory, route("o", "/o/mcp", mcp_sse.url))
+    async with mcp_connect(proxy.url("/o/mcp")) as conn:
+        outcome = await call_tool_collect(conn.session, "resumable", {"count": 4})
+    assert outcome.text == "resumed 4"
+    assert_resumed_progress([e.progress for e in outcome.progress])
+    resumed = [r for r in await mcp_sse.requests() if r["method"] == "GET" and "last-event-id" in r["headers"]]
+    assert len(resumed) == 1 and resumed[0]["headers"]["mcp-session-id"]
