@@ -25,6 +25,7 @@ test), ``ogx_server`` (session), ``ogx`` (per test: the session server, fake LLM
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -32,6 +33,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import jwt
 import pytest
 import yaml
 
 from tests.support.fake_llm import DEFAULT_MODEL, FakeLLM
+from tests.support.mcp_servers import McpServerProcess, Mode, rpc_method
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OGX_VENV = REPO_ROOT / ".ogx-venv"
@@ -638,3 +642,280 @@ def llamastack_server_factory(
     finally:
         for server in started:
             server.stop()
+
+
+# -- mcpproxy between OGX / Llama Stack and JWT-validating MCP servers (seed 000) ---------------
+
+SEED_AUDIENCE = "my-external-tool"  # the only audience the seed-000 tool accepts
+PROXY_CLIENT_ID = "mcp-proxy"  # the proxy's client at the test OAuth server
+PROXY_CLIENT_SECRET = "proxy-secret"  # (tests/support/oauth.py CLIENTS); given to mcpproxy by env
+
+
+def exchange_route(
+    name: str,
+    path: str,
+    upstream: str,
+    issuer: str,
+    *,
+    subject: Sequence[Any] = ("authorization",),
+    audience: str = SEED_AUDIENCE,
+    **auth_extra: Any,
+) -> dict[str, Any]:
+    """A route whose caller token is exchanged (RFC 8693) for one aimed at ``audience``; the
+    client secret comes from ``${env.PROXY_CLIENT_SECRET}``. ``auth_extra`` adds ``auth`` keys."""
+    return {
+        "name": name,
+        "path": path,
+        "upstream": upstream,
+        "auth": {
+            "subject": list(subject),
+            "upstream": {
+                "type": "token_exchange",
+                "issuer": issuer,
+                "client": {
+                    "id": PROXY_CLIENT_ID,
+                    "secret": "${env.PROXY_CLIENT_SECRET}",
+                    "auth_method": "client_secret_basic",
+                },
+                "audience": [audience],
+            },
+            **auth_extra,
+        },
+    }
+
+
+def proxy_config(routes: Sequence[Mapping[str, Any]]) -> str:
+    """A route table as YAML text (``start_proxy_process`` adds host and port)."""
+    return yaml.safe_dump({"routes": [dict(r) for r in routes]}, sort_keys=False)
+
+
+def proxy_env() -> dict[str, str]:
+    return {"PROXY_CLIENT_SECRET": PROXY_CLIENT_SECRET}
+
+
+def jwt_tool_server(
+    mode: Mode, issuer: str, jwks_url: str, audience: str = SEED_AUDIENCE
+) -> McpServerProcess:
+    """An unstarted MCP server (``tests/servers/mcp_app.py``) that accepts only bearer JWTs of
+    ``issuer`` aimed at ``audience`` — seed 000's "Golang tool"."""
+    return McpServerProcess(
+        mode,
+        require_bearer_jwt=True,
+        issuer=issuer,
+        jwks_url=jwks_url,
+        audience=audience,
+    )
+
+
+def bearer_claims(value: str) -> dict[str, Any]:
+    """The (unverified) claims of an ``Authorization: Bearer <jwt>`` value; {} if not a JWT."""
+    token = value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims
+
+
+def mcp_sequence(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None]]:
+    """``(HTTP method, JSON-RPC method or None)`` of each request an MCP server recorded."""
+    return [(r["method"], rpc_method(r)) for r in records]
+
+
+def assert_mcp_session(
+    records: Sequence[Mapping[str, Any]], expected: Sequence[tuple[str, str | None]]
+) -> None:
+    """The recorded requests are the ``expected`` session: the same requests, the POSTs in order,
+    DELETE last. The client opens its GET stream concurrently with the next POST, so where the
+    GET lands among the POSTs is not fixed (a proxy in between makes either order common)."""
+    seq = mcp_sequence(records)
+    assert sorted(seq, key=str) == sorted(expected, key=str), seq
+    assert [s for s in seq if s[0] == "POST"] == [s for s in expected if s[0] == "POST"], seq
+    if ("DELETE", None) in expected:
+        assert seq[-1] == ("DELETE", None), seq
+
+
+def audience_of(claims: Mapping[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    return [aud] if isinstance(aud, str) else list(aud or [])
+
+
+# -- a tap that records what a server answered, chunk by chunk, with arrival times --------------
+
+
+@dataclass
+class TapConnection:
+    """One client connection through a :class:`ResponseTap`: the request bytes and the response
+    bytes as they arrived (``(monotonic time, bytes)`` per read)."""
+
+    number: int
+    request: bytearray = field(default_factory=bytearray)
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)
+
+    @property
+    def response(self) -> bytes:
+        return b"".join(data for _, data in self.chunks)
+
+    def arrival(self, needle: bytes, start: int = 0) -> tuple[float, int]:
+        """When the response byte that completes the first ``needle`` at or after offset ``start``
+        arrived, and the offset just past it; raises if absent."""
+        raw = self.response
+        at = raw.find(needle, start)
+        if at < 0:
+            raise AssertionError(f"{needle!r} not in the response of connection {self.number}")
+        end = at + len(needle)
+        seen = 0
+        for when, data in self.chunks:
+            seen += len(data)
+            if seen >= end:
+                return when, end
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def responses(self) -> list[tuple[int, dict[str, str], bytes]]:
+        """The HTTP/1.1 responses on this connection: ``(status, lower-case headers, body)``,
+        bodies de-chunked (a response cut off mid-body is returned as far as it got)."""
+        raw, pos, out = self.response, 0, []
+        while pos < len(raw):
+            head_end = raw.find(b"\r\n\r\n", pos)
+            if head_end < 0:
+                break
+            lines = raw[pos:head_end].decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ")[1])
+            headers = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            pos = head_end + 4
+            body = bytearray()
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                while True:
+                    size_end = raw.find(b"\r\n", pos)
+                    if size_end < 0:
+                        pos = len(raw)
+                        break
+                    size = int(raw[pos:size_end].split(b";")[0], 16)
+                    pos = size_end + 2
+                    if size == 0:
+                        pos += 2
+                        break
+                    body += raw[pos : pos + size]
+                    pos += size + 2
+            else:
+                length = int(headers.get("content-length", "0"))
+                body += raw[pos : pos + length]
+                pos += length
+            out.append((status, headers, bytes(body)))
+        return out
+
+
+def sse_messages(body: bytes) -> list[Any]:
+    """The JSON ``data:`` payloads of an event-stream body (empty priming events dropped)."""
+    out: list[Any] = []
+    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+        if data:
+            out.append(json.loads(data))
+    return out
+
+
+class ResponseTap:
+    """A loopback TCP relay in a thread that records both directions of every connection, the
+    responses with the time each read arrived — to see what a proxy relayed, and when."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self._conns: list[TapConnection] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connections(self) -> list[TapConnection]:
+        with self._lock:
+            return list(self._conns)
+
+    def connection_with(self, request_marker: bytes) -> TapConnection:
+        """The one connection whose request bytes contain ``request_marker``."""
+        found = [c for c in self.connections() if request_marker in c.request]
+        if len(found) != 1:
+            raise AssertionError(f"{len(found)} connections sent {request_marker!r}")
+        return found[0]
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sink: Callable[[bytes], None]
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while chunk := await reader.read(65536):
+                sink(chunk)
+                writer.write(chunk)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.write_eof()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            conn = TapConnection(len(self._conns) + 1)
+            self._conns.append(conn)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+
+        def got_request(data: bytes) -> None:
+            with self._lock:
+                conn.request += data
+
+        def got_response(data: bytes) -> None:
+            with self._lock:
+                conn.chunks.append((time.monotonic(), data))
+
+        down = asyncio.ensure_future(self._pipe(up_reader, writer, got_response))
+        try:
+            await self._pipe(reader, up_writer, got_request)
+        finally:
+            up_writer.close()  # the client is gone: so is the upstream connection
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(down, 2)
+            writer.close()
+
+    def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._handle(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start_in_thread(self, timeout: float = 10.0) -> Self:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._server = loop.run_until_complete(asyncio.start_server(self._track, "127.0.0.1", 0))
+            self.port = int(self._server.sockets[0].getsockname()[1])
+            ready.set()
+            loop.run_forever()
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="response-tap", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError("response tap did not start")
+        return self
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            self._thread = None
+            self._loop = None
