@@ -334,9 +334,9 @@ async def test_100_concurrent_gets_one_exchange(oauth: OAuthServer, vault: Vault
 
 
 async def test_expiry_means_re_exchange(oauth: OAuthServer, vault: Vault, make: Make) -> None:
-    await oauth.set_mode(token_ttl=2)  # cached for 1 s (the skew takes at most half)
+    subject = await user(oauth, vault)  # before the TTL switch: the subject itself must not expire
+    await oauth.set_mode(token_ttl=2)  # exchanged tokens cached for 1 s (the skew takes at most half)
     source, _ = await make(exchange(oauth))
-    subject = await user(oauth, vault)
     first = await source.get(subject)
     assert await source.get(subject) == first
     await asyncio.sleep(1.1)

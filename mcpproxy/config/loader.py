@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from mcpproxy.config import exchange
+from mcpproxy.config import exchange, inbound
 from mcpproxy.config.envsubst import substitute
 from mcpproxy.config.errors import ConfigError
 from mcpproxy.config.model import (
@@ -68,8 +68,10 @@ def parse_config(text: str, env: Mapping[str, str], source: str = "<config>") ->
     routes = _routes(root, server, warnings)
     cache_section = root.optional_section("cache")
     cache = exchange.parse_cache(cache_section) if cache_section else None
+    audit_section = root.optional_section("audit")
+    audit = inbound.parse_audit(audit_section) if audit_section else None
     root.finish()
-    return Config(server, routes, cache, tuple(warnings), source)
+    return Config(server, routes, cache, tuple(warnings), source, audit=audit)
 
 
 def _server(sec: Section | None) -> ServerSettings:
@@ -136,6 +138,8 @@ def _route(sec: Section, warnings: list[str]) -> RouteSettings:
         _check_http_url(sec, "public_url", public_url, allow_path=True)
     auth_sec = sec.optional_section("auth")
     auth = _auth(auth_sec, name, warnings) if auth_sec else AuthSettings()
+    policy_sec = sec.optional_section("policy")
+    policy = inbound.parse_policy(policy_sec, verifies=auth.verify is not None) if policy_sec else None
     route = RouteSettings(
         name=name,
         path=path,
@@ -146,6 +150,7 @@ def _route(sec: Section, warnings: list[str]) -> RouteSettings:
         relay_set_cookie=sec.flag("relay_set_cookie", False),
         max_connections=sec.integer("max_connections", 100, minimum=1, maximum=100_000),
         auth=auth,
+        policy=policy,
     )
     sec.finish()
     return route
@@ -213,8 +218,13 @@ def _header_names(sec: Section, key: str) -> tuple[str, ...]:
 def _auth(sec: Section, route_name: str, warnings: list[str]) -> AuthSettings:
     upstream_sec = sec.optional_section("upstream")
     upstream = _upstream_auth(upstream_sec) if upstream_sec else NoUpstreamAuth()
-    default_subject: list[Any] = ["authorization"] if upstream.needs_subject else []
+    verify_sec = sec.optional_section("verify")
+    verify = inbound.parse_verify(verify_sec) if verify_sec else None
+    needs_subject = upstream.needs_subject or verify is not None
+    default_subject: list[Any] = ["authorization"] if needs_subject else []
     subject = tuple(_subjects(sec, route_name, default_subject))
+    if verify is not None and not subject:
+        sec.error("subject", "auth.verify needs at least one subject source (the token to verify)")
     if upstream.needs_subject and not subject:
         sec.error("subject", f"upstream type {upstream.type!r} needs at least one subject source")
     if isinstance(upstream, ForwardUpstreamAuth):
@@ -223,7 +233,9 @@ def _auth(sec: Section, route_name: str, warnings: list[str]) -> AuthSettings:
             "upstream; the MCP authorization spec forbids token passthrough — use it only for "
             "upstreams that are not OAuth resource servers (API keys, personal tokens)"
         )
-    auth = AuthSettings(subject=subject, upstream=upstream, strip_headers=_header_names(sec, "strip_headers"))
+    auth = AuthSettings(
+        subject=subject, upstream=upstream, strip_headers=_header_names(sec, "strip_headers"), verify=verify
+    )
     sec.finish()
     return auth
 

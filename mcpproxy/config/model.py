@@ -9,6 +9,7 @@ from mcpproxy.secrets import Secret
 
 if TYPE_CHECKING:
     from mcpproxy.config.exchange import CacheSettings, ExchangeSettings
+    from mcpproxy.config.inbound import AuditSettings, PolicySettings, VerifySettings
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class AuthSettings:
     subject: tuple[SubjectSource, ...] = ()
     upstream: UpstreamAuth = field(default_factory=NoUpstreamAuth)
     strip_headers: tuple[str, ...] = ()
+    verify: VerifySettings | None = None
 
     @property
     def reads_body(self) -> bool:
@@ -157,6 +159,7 @@ class RouteSettings:
     relay_set_cookie: bool = False
     max_connections: int = 100
     auth: AuthSettings = field(default_factory=AuthSettings)
+    policy: PolicySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -166,3 +169,4 @@ class Config:
     cache: CacheSettings | None = None
     warnings: tuple[str, ...] = ()
     source: str = "<config>"
+    audit: AuditSettings | None = None

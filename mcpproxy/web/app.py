@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
-from mcpproxy import __version__
+from mcpproxy import __version__, prm
+from mcpproxy.audit import AuditLog
 from mcpproxy.config.model import Config, ExchangeUpstreamAuth
+from mcpproxy.errors import ProxyError
+from mcpproxy.inbound import InboundAuth
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import RouteTable
 from mcpproxy.upstream_auth import TokenSource, UpstreamCredential
 from mcpproxy.web.proxy import ProxyHandler, RouteRuntime
+from mcpproxy.web.responses import error_response
+
+if TYPE_CHECKING:
+    from mcpproxy.web.oauth_http import AiohttpTokenHttp
 
 log = structlog.get_logger("mcpproxy")
 
@@ -49,14 +58,22 @@ async def default_token_sources(config: Config, metrics: Registry) -> TokenSourc
 class ProxyState:
     """Everything built from one config: the route table and each route's live runtime."""
 
-    def __init__(self, config: Config, handler: ProxyHandler, tokens: TokenSources) -> None:
+    def __init__(
+        self,
+        config: Config,
+        handler: ProxyHandler,
+        tokens: TokenSources,
+        inbound: Inbound | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
         self.tokens = tokens
+        self.inbound = inbound
 
     @classmethod
     async def build(cls, config: Config, metrics: Registry, factory: TokenSourceFactory) -> ProxyState:
         tokens = await factory(config, metrics)
+        inbound = Inbound.build(config)
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
             source = (
@@ -65,7 +82,13 @@ class ProxyState:
                 else None
             )
             credential = UpstreamCredential(route.auth.upstream, source)
-            runtimes[route.name] = RouteRuntime.create(route, credential, config.server.strip_headers)
+            runtimes[route.name] = RouteRuntime.create(
+                route,
+                credential,
+                config.server.strip_headers,
+                verifier=inbound.auth.verifiers.get(route.name) if inbound.auth else None,
+                audit=inbound.audit is not None,
+            )
         handler = ProxyHandler(
             RouteTable(config.routes),
             runtimes,
@@ -73,8 +96,9 @@ class ProxyState:
             max_body_bytes=config.server.max_body_bytes,
             max_credential_bytes=config.server.max_credential_bytes,
             access_log=config.server.access_log,
+            audit=inbound.audit,
         )
-        return cls(config, handler, tokens)
+        return cls(config, handler, tokens, inbound)
 
     @property
     def in_flight(self) -> int:
@@ -84,12 +108,43 @@ class ProxyState:
         for runtime in self.handler.runtimes.values():
             await runtime.close()
         await self.tokens.close()
+        if self.inbound is not None:
+            await self.inbound.close()
 
     async def drain_and_close(self, poll_s: float = 0.1) -> None:
         """Close once the requests this state is serving (long SSE streams included) are done."""
         while self.in_flight:  # noqa: ASYNC110 - a counter summed over routes; 10 Hz is plenty
             await asyncio.sleep(poll_s)
         await self.close()
+
+
+class Inbound:
+    """The inbound side of one config: token verifiers (with their JWKS client) and the audit log."""
+
+    def __init__(
+        self, auth: InboundAuth | None, audit: AuditLog | None, http: AiohttpTokenHttp | None = None
+    ) -> None:
+        self.auth = auth
+        self.audit = audit
+        self._http = http
+
+    @classmethod
+    def build(cls, config: Config) -> Inbound:
+        audit = AuditLog(config.audit) if config.audit is not None and config.audit.enabled else None
+        if not any(route.auth.verify is not None for route in config.routes):
+            return cls(None, audit)
+        from mcpproxy.web.oauth_http import AiohttpTokenHttp  # imports this module
+
+        http = AiohttpTokenHttp()
+        return cls(InboundAuth(config.routes, http), audit, http)
+
+    async def close(self) -> None:
+        if self.auth is not None:
+            await self.auth.close()
+        if self._http is not None:
+            await self._http.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 class Live:
@@ -149,6 +204,7 @@ def build_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get(prm.WELL_KNOWN + "{tail:(/.*)?}", _protected_resource_metadata)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
 
@@ -169,6 +225,21 @@ async def apply_config(app: web.Application, config: Config) -> None:
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     return await request.app[LIVE].state.handler(request)
+
+
+async def _protected_resource_metadata(request: web.Request) -> web.Response:
+    """RFC 9728 metadata of the route named by the path after the well-known prefix."""
+    handler = request.app[LIVE].state.handler
+    runtime = handler.metadata_routes.get(request.match_info["tail"].rstrip("/"))
+    host = prm.safe_host(request.host)
+    if runtime is None or (host is None and not runtime.settings.public_url):
+        missing = ProxyError(404, "no protected resource at this path", reason="no_route")
+        return error_response(missing, os.urandom(8).hex())
+    resource = prm.resource_url(runtime.settings, request.scheme, host or "")
+    return web.json_response(
+        prm.document(runtime.settings, resource),
+        headers={"Cache-Control": "max-age=300", "Access-Control-Allow-Origin": "*"},
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -22,6 +22,9 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from mcpproxy import prm
+from mcpproxy.audit import AuditLog
+from mcpproxy.audit import record as audit_record
 from mcpproxy.config.model import RouteSettings
 from mcpproxy.credentials import (
     RequestView,
@@ -38,12 +41,24 @@ from mcpproxy.headers import (
     route_allowlist,
     upstream_request_headers,
 )
+from mcpproxy.inbound import Identity, TokenVerifier
 from mcpproxy.jsonrpc import Body, parse_body
 from mcpproxy.metrics import Registry
+from mcpproxy.policy import (
+    Call,
+    Policy,
+    PolicyDenied,
+    calls_in,
+    check_routing_headers,
+    enforce,
+    list_requests,
+    parse_strict,
+)
 from mcpproxy.routing import Match, RouteTable, rewrite_endpoint
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 from mcpproxy.upstream_auth import UpstreamCredential, missing_credential
-from mcpproxy.web.responses import error_response
+from mcpproxy.web.filtering import ListFilter, SseListFilter
+from mcpproxy.web.responses import batch_error_response, error_response
 
 log = structlog.get_logger("mcpproxy.access")
 
@@ -51,6 +66,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Bodies up to this size are read whole (one read, one write); larger ones are streamed.
 SMALL_BODY = 64 * 1024
 _CHUNK = 64 * 1024
+#: A JSON list answer is read whole to be filtered; past this size it is refused (fail closed).
+MAX_FILTERED_BODY = 32 * 1024 * 1024
 
 
 @dataclass
@@ -64,10 +81,24 @@ class RouteRuntime:
     credential_names: frozenset[str]
     in_flight: int = 0
     streams: int = field(default=0)
+    verifier: TokenVerifier | None = None
+    policy: Policy | None = None
+    #: The route's tools/call messages are collected (for policy or the audit trail).
+    records_calls: bool = False
+    #: POST bodies are read whole and parsed, whatever their size (a feature needs them).
+    needs_body: bool = False
+    #: Where the route's protected resource metadata is, when its public URL is configured.
+    metadata_url: str | None = None
 
     @classmethod
     def create(
-        cls, route: RouteSettings, credential: UpstreamCredential, strip: tuple[str, ...]
+        cls,
+        route: RouteSettings,
+        credential: UpstreamCredential,
+        strip: tuple[str, ...],
+        *,
+        verifier: TokenVerifier | None = None,
+        audit: bool = False,
     ) -> RouteRuntime:
         connector = aiohttp.TCPConnector(
             limit=route.max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60
@@ -87,6 +118,11 @@ class RouteRuntime:
             session=session,
             allowed=route_allowlist(route.forward_headers, (*strip, *route.auth.strip_headers)),
             credential_names=credential_header_names(route.auth, strip),
+            verifier=verifier,
+            policy=Policy(route.policy) if route.policy is not None else None,
+            records_calls=route.policy is not None or audit,
+            needs_body=route.auth.reads_body or route.policy is not None or audit,
+            metadata_url=prm.metadata_url(route.public_url) if route.public_url else None,
         )
 
     async def close(self) -> None:
@@ -105,6 +141,9 @@ class Outcome:
     error: str | None = None
     detail: str | None = None
     upstream_s: float | None = None
+    upstream_status: int | None = None
+    identity: Identity | None = None
+    calls: list[Call] | None = None
 
 
 class ProxyHandler:
@@ -117,6 +156,7 @@ class ProxyHandler:
         max_body_bytes: int,
         max_credential_bytes: int,
         access_log: bool = True,
+        audit: AuditLog | None = None,
     ) -> None:
         self.table = table
         self.runtimes = runtimes
@@ -124,12 +164,18 @@ class ProxyHandler:
         self.max_body = max_body_bytes
         self.max_credential = max_credential_bytes
         self.access_log = access_log
+        self.audit = audit
+        #: Request path under /.well-known/oauth-protected-resource → the route it describes.
+        self.metadata_routes = {
+            path: runtime for runtime in runtimes.values() for path in prm.metadata_paths(runtime.settings)
+        }
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         request_id = _request_id(request)
         outcome = Outcome()
         body: Body | None = None
+        runtime: RouteRuntime | None = None
         try:
             match = self.table.match(request.raw_path)
             if match is None:
@@ -139,6 +185,8 @@ class ProxyHandler:
             body = await self._read_body(request, runtime)
             if body is not None:
                 outcome.mcp_method = body.method
+                if runtime.records_calls:
+                    outcome.calls = calls_in(body)
             elif "Mcp-Method" in request.headers:
                 outcome.mcp_method = request.headers["Mcp-Method"][:64]
             response = await self._forward(request, runtime, match, body, request_id, outcome)
@@ -147,7 +195,10 @@ class ProxyHandler:
         except ProxyError as exc:
             outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
             self.metrics.rejections.inc(route=outcome.route, reason=exc.reason)
-            return _error(exc, request_id, body or await _peek_body(request))
+            metadata = self.metadata_url(request, runtime) if runtime and exc.www_authenticate else None
+            if isinstance(exc, PolicyDenied) and exc.batch_ids:
+                return batch_error_response(exc, request_id, exc.batch_ids, metadata)
+            return _error(exc, request_id, body or await _peek_body(request), metadata)
         except asyncio.CancelledError:
             outcome.status, outcome.error = 499, "client_disconnected"
             raise
@@ -159,15 +210,24 @@ class ProxyHandler:
     async def _read_body(self, request: web.Request, runtime: RouteRuntime) -> Body | None:
         """Read small or feature-needed POST bodies whole; leave others to be streamed."""
         if request.method != "POST" or not request.body_exists:
+            if request.body_exists and runtime.policy is not None:
+                # MCP messages travel in POSTs only; a body the policy cannot judge is not relayed
+                raise ProxyError(
+                    405,
+                    "only POST may carry a body on this route",
+                    reason="method_not_allowed",
+                    extra_headers={"Allow": "GET, POST, DELETE"},
+                )
             return None
         length = request.content_length
         if length is not None and length > self.max_body:
             raise _too_large(self.max_body)
-        needs = runtime.settings.auth.reads_body
-        if not needs and (length is None or length > SMALL_BODY):
+        if not runtime.needs_body and (length is None or length > SMALL_BODY):
             return None
         raw = await _read_limited(request, self.max_body)
-        return parse_body(raw, strict=needs)
+        if runtime.policy is not None:
+            return parse_strict(raw)
+        return parse_body(raw, strict=runtime.settings.auth.reads_body)
 
     async def _forward(
         self,
@@ -189,6 +249,19 @@ class ProxyHandler:
             if body is not None and strip_meta_credentials(body, route.auth.subject):
                 body.raw = body.serialize()
         outcome.subject = subject
+        identity = None
+        if runtime.verifier is not None:
+            identity = outcome.identity = await runtime.verifier.verify(subject)
+        list_filter = None
+        if runtime.policy is not None:
+            if body is not None:
+                check_routing_headers(body, request.headers)
+                enforce(runtime.policy, outcome.calls or (), identity, body)
+                lists = list_requests(body)
+                if lists:
+                    list_filter = ListFilter.for_request(runtime.policy, identity, lists)
+            elif request.method == "GET":
+                list_filter = ListFilter.for_stream(runtime.policy, identity)
         if runtime.credential.needs_subject and subject is None:
             raise missing_credential()
         headers = upstream_request_headers(
@@ -207,7 +280,7 @@ class ProxyHandler:
         runtime.in_flight += 1
         try:
             upstream = await self._send(request, runtime, match, headers, body, subject, outcome)
-            return await self._relay(request, runtime, match, upstream, request_id, outcome)
+            return await self._relay(request, runtime, match, upstream, request_id, outcome, list_filter)
         finally:
             runtime.in_flight -= 1
 
@@ -241,7 +314,7 @@ class ProxyHandler:
             if upstream.status == 401 and credential.retries_on_401 and replayable and attempt == 1:
                 upstream.release()
                 log.info("upstream_401_retry", route=runtime.settings.name)
-                await credential.invalidate(subject)
+                await credential.invalidate(subject, value)
                 continue
             return upstream
         raise AssertionError("unreachable")  # pragma: no cover
@@ -256,14 +329,26 @@ class ProxyHandler:
         upstream: aiohttp.ClientResponse,
         request_id: str,
         outcome: Outcome,
+        list_filter: ListFilter | None = None,
     ) -> web.StreamResponse:
         route = runtime.settings
         try:
+            outcome.upstream_status = upstream.status
             headers = downstream_response_headers(upstream.headers, relay_set_cookie=route.relay_set_cookie)
             headers[REQUEST_ID] = request_id
+            if upstream.status == 401 or (upstream.status == 403 and "WWW-Authenticate" in headers):
+                self._point_challenge(headers, request, runtime)
             self.metrics.upstream_latency.observe(outcome.upstream_s or 0.0, route=route.name)
             is_sse = upstream.content_type == "text/event-stream"
             length = upstream.content_length
+            if upstream.status != 200:
+                list_filter = None
+            if list_filter is not None and not is_sse and upstream.content_type == "application/json":
+                payload = list_filter.rewrite_payload(await _read_filterable(upstream))
+                outcome.bytes_out = len(payload)
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, body=payload, headers=headers
+                )
             if not is_sse and length is not None and length <= SMALL_BODY:
                 payload = await _read_whole(runtime, upstream)
                 outcome.bytes_out = len(payload)
@@ -274,8 +359,9 @@ class ProxyHandler:
             if not is_sse and length is not None:
                 response.content_length = length
             await response.prepare(request)
-            rewriter = (
-                _endpoint_rewriter(request, route, match) if is_sse and request.method == "GET" else None
+            rewriter = _Stages.of(
+                _endpoint_rewriter(request, route, match) if is_sse and request.method == "GET" else None,
+                list_filter.sse() if is_sse and list_filter is not None else None,
             )
             if is_sse:
                 self.metrics.open_streams.inc(route=route.name)
@@ -293,7 +379,7 @@ class ProxyHandler:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
-        rewriter: EndpointRewriter | None,
+        rewriter: _Stages | None,
         outcome: Outcome,
     ) -> None:
         try:
@@ -305,6 +391,9 @@ class ProxyHandler:
                 if chunk:
                     outcome.bytes_out += len(chunk)
                     await response.write(chunk)
+            if rewriter is not None and (tail := rewriter.flush()):
+                outcome.bytes_out += len(tail)
+                await response.write(tail)
             await response.write_eof()
         except (TimeoutError, aiohttp.ClientError, EndpointRejected) as exc:
             # Headers are gone already: the only honest signal left is a cut connection.
@@ -314,6 +403,25 @@ class ProxyHandler:
             if request.transport is not None:
                 request.transport.close()
 
+    # --- authorization discovery -----------------------------------------------------------
+
+    def metadata_url(self, request: web.Request, runtime: RouteRuntime) -> str | None:
+        """Where the route's protected resource metadata is, as the caller addresses the proxy."""
+        if runtime.metadata_url is not None:
+            return runtime.metadata_url
+        host = prm.safe_host(request.host)
+        if host is None:
+            return None
+        return prm.metadata_url(prm.resource_url(runtime.settings, request.scheme, host))
+
+    def _point_challenge(
+        self, headers: CIMultiDict[str], request: web.Request, runtime: RouteRuntime
+    ) -> None:
+        """An upstream's 401/403 challenge, pointed at the proxy's metadata for the route."""
+        values = headers.getall("WWW-Authenticate", [])
+        headers.popall("WWW-Authenticate", None)
+        headers["WWW-Authenticate"] = prm.rewrite_challenge(values, self.metadata_url(request, runtime))
+
     # --- logs and metrics -------------------------------------------------------------------
 
     def _record(self, request: web.Request, outcome: Outcome, request_id: str, started: float) -> None:
@@ -321,6 +429,8 @@ class ProxyHandler:
         self.metrics.requests.inc(
             route=outcome.route, http_method=request.method, mcp_method=outcome.mcp_method, status=status
         )
+        if self.audit is not None and outcome.calls:
+            self._audit(self.audit, outcome, request_id, time.monotonic() - started)
         if not self.access_log:
             return
         fields: dict[str, Any] = {
@@ -338,11 +448,49 @@ class ProxyHandler:
         if outcome.subject is not None:
             fields["credential_source"] = outcome.subject.source
             fields["subject_fingerprint"] = outcome.subject.token.fingerprint()
+        if outcome.identity is not None:
+            fields["sub"] = outcome.identity.sub
         if outcome.error:
             fields["error"] = outcome.error
         if outcome.detail:
             fields["detail"] = outcome.detail
         log.info("request", **fields)
+
+    def _audit(self, audit: AuditLog, outcome: Outcome, request_id: str, duration_s: float) -> None:
+        """One audit line per tools/call of the request, whatever became of it."""
+        identity = outcome.identity
+        fingerprint = outcome.subject.token.fingerprint() if outcome.subject is not None else None
+        entries = []
+        for call in outcome.calls or ():
+            if call.method != "tools/call":
+                continue
+            if call.decision is not None and not call.decision.allowed:
+                decision, reason = "deny", call.decision.reason
+            elif outcome.upstream_status is not None:
+                decision, reason = "allow", None
+            elif outcome.status in (401, 403):
+                decision, reason = "deny", outcome.error
+            else:
+                decision, reason = "error", outcome.error
+            entries.append(
+                audit_record(
+                    started=time.time() - duration_s,
+                    route=outcome.route,
+                    request_id=request_id,
+                    call=call,
+                    sub=identity.sub if identity else None,
+                    client_id=identity.client_id if identity else None,
+                    subject_fingerprint=fingerprint,
+                    decision=decision,
+                    reason=reason,
+                    status=outcome.status,
+                    upstream_status=outcome.upstream_status,
+                    duration_ms=duration_s * 1000,
+                    include_arguments=audit.include_arguments,
+                )
+            )
+        if entries:
+            audit.write(entries)
 
 
 async def _request(
@@ -364,7 +512,7 @@ async def _read_whole(runtime: RouteRuntime, upstream: aiohttp.ClientResponse) -
     """A small response read whole; a failure here is still the upstream's, not the proxy's."""
     try:
         return await upstream.read()
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
     except aiohttp.ClientError as exc:
         raise _upstream_error(runtime, 502, "protocol", "upstream failed mid-response", exc) from None
@@ -430,6 +578,64 @@ async def _peek_body(request: web.Request) -> Body | None:
         return None
 
 
+async def _read_filterable(upstream: aiohttp.ClientResponse) -> bytes:
+    """A JSON list answer, whole, so it can be filtered; one that cannot be is refused, not relayed."""
+    if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+        raise ProxyError(
+            502, "upstream answer cannot be filtered", JSONRPC_INTERNAL_ERROR, reason="unfilterable"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > MAX_FILTERED_BODY:
+                raise ProxyError(
+                    502, "upstream answer too large to filter", JSONRPC_INTERNAL_ERROR, reason="unfilterable"
+                )
+            chunks.append(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise ProxyError(
+            502,
+            "upstream failed",
+            JSONRPC_INTERNAL_ERROR,
+            detail=type(exc).__name__,
+            reason="upstream_protocol",
+        ) from None
+    return b"".join(chunks)
+
+
+class _Stages:
+    """What an SSE answer passes through: the legacy endpoint rewriter, then the list filter."""
+
+    def __init__(self, stages: list[EndpointRewriter | SseListFilter]) -> None:
+        self._stages = stages
+
+    @classmethod
+    def of(cls, *stages: EndpointRewriter | SseListFilter | None) -> _Stages | None:
+        present = [s for s in stages if s is not None and not s.done]
+        return cls(present) if present else None
+
+    @property
+    def done(self) -> bool:
+        return not self._stages
+
+    def feed(self, chunk: bytes) -> bytes:
+        for stage in self._stages:
+            chunk = stage.feed(chunk)
+        self._stages = [s for s in self._stages if not s.done]
+        return chunk
+
+    def flush(self) -> bytes:
+        tail = b""
+        for stage in self._stages:
+            if isinstance(stage, SseListFilter):
+                tail = stage.flush() if not tail else stage.feed(tail) + stage.flush()
+            elif tail:
+                tail = stage.feed(tail)
+        return tail
+
+
 def _too_large(limit: int) -> ProxyError:
     return ProxyError(413, f"request body too large (limit {limit} bytes)", reason="body_too_large")
 
@@ -450,5 +656,5 @@ def _request_id(request: web.Request) -> str:
     return os.urandom(8).hex()
 
 
-def _error(exc: ProxyError, request_id: str, body: Body | None) -> web.Response:
-    return error_response(exc, request_id, body.first_id if body else None)
+def _error(exc: ProxyError, request_id: str, body: Body | None, metadata: str | None = None) -> web.Response:
+    return error_response(exc, request_id, body.first_id if body else None, metadata)

@@ -1,0 +1,359 @@
+"""Per-route tool, resource and prompt policy: decisions over JSON-RPC bodies, framework-free.
+
+A request is judged by its body, the only thing the upstream acts on: ``tools/call`` by
+``params.name``, ``prompts/get`` by ``params.name``, ``resources/read`` by ``params.uri``. Every
+message of a batch is judged and one refusal refuses the whole batch — nothing is half-sent. The
+2026-07-28 routing headers (``Mcp-Method``, ``Mcp-Name``) must agree with the body when present,
+so a header can never describe a different call than the one the body makes. Bodies are parsed
+with duplicate keys refused: two ``name`` members that different JSON parsers would resolve
+differently cannot smuggle a call past a rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mcpproxy.config.inbound import ClaimRequirement, ClaimValue, PolicyRule, PolicySettings
+from mcpproxy.errors import (
+    JSONRPC_HEADER_MISMATCH,
+    JSONRPC_INVALID_REQUEST,
+    JSONRPC_PARSE_ERROR,
+    JSONRPC_SERVER_ERROR,
+    ProxyError,
+    bearer_challenge,
+)
+from mcpproxy.headers import Headers
+from mcpproxy.jsonrpc import Body, JsonId
+
+JSONRPC_INVALID_PARAMS = -32602
+
+#: Request methods that name what they act on: method → (policy kind, params key).
+NAMED_METHODS: Mapping[str, tuple[str, str]] = {
+    "tools/call": ("tools", "name"),
+    "prompts/get": ("prompts", "name"),
+    "resources/read": ("resources", "uri"),
+}
+#: List methods whose results are filtered: method → (policy kind, result key, item name key).
+LIST_METHODS: Mapping[str, tuple[str, str, str]] = {
+    "tools/list": ("tools", "tools", "name"),
+    "prompts/list": ("prompts", "prompts", "name"),
+    "resources/list": ("resources", "resources", "uri"),
+}
+KINDS = ("tools", "resources", "prompts")
+
+_B64_SENTINEL = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
+
+
+class Principal(Protocol):
+    """What policy knows of a caller (a verified token's :class:`~mcpproxy.inbound.Identity`)."""
+
+    @property
+    def claims(self) -> Mapping[str, Any]: ...
+
+    @property
+    def scopes(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    missing_scopes: tuple[str, ...] = ()
+
+
+ALLOWED_NO_POLICY = Decision(True, "no policy")
+
+
+@dataclass
+class Call:
+    """One name-bearing request of a body (what the audit trail records)."""
+
+    method: str
+    kind: str
+    name: str | None
+    jsonrpc_id: JsonId
+    arguments: Any
+    decision: Decision | None = None
+
+
+@dataclass
+class PolicyDenied(ProxyError):
+    """A 403 refusal; for a refused batch, ``batch_ids`` are the ids every element answers with."""
+
+    batch_ids: tuple[JsonId, ...] | None = None
+
+
+class _CompiledRule:
+    def __init__(self, rule: PolicyRule) -> None:
+        self.rule = rule
+        self.label = f"rules[{rule.index}]"
+        self.patterns = {kind: _compile(rule.patterns(kind)) for kind in KINDS}
+        self.require_scopes = frozenset(rule.require_scopes)
+
+    def matches(self, kind: str, name: str) -> bool:
+        pattern = self.patterns[kind]
+        return pattern is not None and pattern.match(name) is not None
+
+    def judge(self, principal: Principal | None) -> Decision | None:
+        """None when the rule holds, else the refusal."""
+        if self.rule.deny:
+            return Decision(False, f"{self.label}: deny")
+        scopes = principal.scopes if principal is not None else frozenset()
+        missing = tuple(s for s in self.rule.require_scopes if s not in scopes)
+        if missing:
+            return Decision(False, f"{self.label}: missing scope {' '.join(missing)}", missing)
+        claims = principal.claims if principal is not None else {}
+        for requirement in self.rule.require_claims:
+            if not claim_satisfied(requirement, claims):
+                return Decision(False, f"{self.label}: claim {requirement.name} does not match")
+        return None
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+
+
+class Policy:
+    """A route's compiled policy."""
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+        self._rules = [_CompiledRule(r) for r in settings.rules]
+        self._default = Decision(settings.default == "allow", f"default {settings.default}")
+        self._filters = {
+            kind: settings.default == "deny" or any(r.patterns[kind] is not None for r in self._rules)
+            for kind in KINDS
+        }
+
+    def decide(self, kind: str, name: str, principal: Principal | None) -> Decision:
+        """Every rule matching ``name`` must hold; a name no rule matches gets the default."""
+        matched = False
+        for rule in self._rules:
+            if not rule.matches(kind, name):
+                continue
+            matched = True
+            refusal = rule.judge(principal)
+            if refusal is not None:
+                return refusal
+        if not matched:
+            return self._default
+        return Decision(True, "rules")
+
+    def filters(self, kind: str) -> bool:
+        """Whether a list of ``kind`` can lose items to this policy (else it need not be parsed)."""
+        return self._filters.get(kind, False)
+
+    def permits(self, kind: str, name: Any, principal: Principal | None) -> bool:
+        return isinstance(name, str) and self.decide(kind, name, principal).allowed
+
+
+def claim_satisfied(requirement: ClaimRequirement, claims: Mapping[str, Any]) -> bool:
+    value: Any = claims
+    for part in requirement.path:
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    candidates = value if isinstance(value, list) else [value]
+    return any(_same(c, v) for c in candidates for v in requirement.values)
+
+
+def _same(actual: Any, wanted: ClaimValue) -> bool:
+    if isinstance(actual, bool) or isinstance(wanted, bool):
+        return isinstance(actual, bool) and isinstance(wanted, bool) and actual == wanted
+    if isinstance(wanted, int | float):
+        return isinstance(actual, int | float) and actual == wanted
+    return isinstance(actual, str) and actual == wanted
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def parse_strict(raw: bytes) -> Body:
+    """A JSON-RPC message or batch, refusing anything else — and duplicate object keys."""
+    try:
+        data = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        raise ProxyError(
+            400, "request body repeats an object key", JSONRPC_INVALID_REQUEST, reason="duplicate_key"
+        ) from None
+    except (ValueError, RecursionError):
+        raise ProxyError(
+            400, "request body is not valid JSON", JSONRPC_PARSE_ERROR, reason="parse_error"
+        ) from None
+    if isinstance(data, dict):
+        return Body(raw, [data], False, True)
+    if isinstance(data, list) and data and all(isinstance(m, dict) for m in data):
+        return Body(raw, data, True, True)
+    raise ProxyError(400, "request body is not a JSON-RPC message", JSONRPC_PARSE_ERROR, reason="parse_error")
+
+
+def calls_in(body: Body) -> list[Call]:
+    """The name-bearing requests of a body (tools/call, prompts/get, resources/read)."""
+    calls: list[Call] = []
+    for message in body.messages:
+        method = message.get("method")
+        named = NAMED_METHODS.get(method) if isinstance(method, str) else None
+        if named is None:
+            continue
+        kind, key = named
+        params = message.get("params")
+        name = params.get(key) if isinstance(params, dict) else None
+        arguments = params.get("arguments") if isinstance(params, dict) else None
+        calls.append(
+            Call(
+                method=str(method),
+                kind=kind,
+                name=name if isinstance(name, str) else None,
+                jsonrpc_id=_id(message),
+                arguments=arguments,
+            )
+        )
+    return calls
+
+
+def list_requests(body: Body) -> dict[JsonId, str]:
+    """JSON-RPC id → list method, for the list requests of a body whose answers may be filtered."""
+    out: dict[JsonId, str] = {}
+    for message in body.messages:
+        method = message.get("method")
+        if isinstance(method, str) and method in LIST_METHODS and "id" in message:
+            out[_id(message)] = method
+    return out
+
+
+def _id(message: Mapping[str, Any]) -> JsonId:
+    value = message.get("id")
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return None
+
+
+# --- the routing headers of the 2026-07-28 revision --------------------------------------------
+
+
+def check_routing_headers(body: Body, headers: Headers) -> None:
+    """``Mcp-Method`` / ``Mcp-Name``, when sent, must describe exactly the body's one request."""
+    methods = headers.getall("Mcp-Method", [])
+    names = headers.getall("Mcp-Name", [])
+    if not methods and not names:
+        return
+    if len(methods) > 1 or len(names) > 1:
+        raise _mismatch("Mcp-Method and Mcp-Name may be sent only once")
+    if body.is_batch or len(body.messages) != 1:
+        raise _mismatch("Mcp-Method / Mcp-Name describe one request, but the body is a batch")
+    message = body.messages[0]
+    method = message.get("method")
+    if not methods or methods[0] != method:
+        raise _mismatch("Mcp-Method header does not match the request body's method")
+    named = NAMED_METHODS.get(method) if isinstance(method, str) else None
+    if named is None:
+        if names:
+            raise _mismatch("Mcp-Name header sent for a method that names nothing")
+        return
+    key = named[1]
+    params = message.get("params")
+    body_name = params.get(key) if isinstance(params, dict) else None
+    if not names or not isinstance(body_name, str) or decode_header_value(names[0]) != body_name:
+        raise _mismatch(f"Mcp-Name header does not match the request body's {key!r} parameter")
+
+
+def decode_header_value(value: str) -> str | None:
+    """Header values outside printable ASCII travel as ``=?base64?<utf-8 bytes>?=``."""
+    match = _B64_SENTINEL.match(value)
+    if match is None:
+        return value
+    payload = match.group("payload")
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _mismatch(message: str) -> ProxyError:
+    return ProxyError(400, message, JSONRPC_HEADER_MISMATCH, reason="header_mismatch")
+
+
+# --- enforcement ------------------------------------------------------------------------------
+
+
+def enforce(policy: Policy, calls: Iterable[Call], principal: Principal | None, body: Body) -> None:
+    """Decide every call; raise :class:`PolicyDenied` (403) if any is refused.
+
+    A batch with one refused element is refused whole, so the upstream never sees part of it.
+    """
+    calls = list(calls)
+    for call in calls:
+        if call.name is None:
+            key = NAMED_METHODS[call.method][1]
+            raise ProxyError(
+                400,
+                f"{call.method} needs params.{key} as a string",
+                JSONRPC_INVALID_PARAMS,
+                reason="invalid_params",
+            )
+    denied: list[Call] = []
+    for call in calls:
+        assert call.name is not None
+        call.decision = policy.decide(call.kind, call.name, principal)
+        if not call.decision.allowed:
+            denied.append(call)
+    if not denied:
+        return
+    first = denied[0]
+    missing = tuple(
+        dict.fromkeys(s for c in denied for s in (c.decision.missing_scopes if c.decision else ()))
+    )
+    what = f"{first.method} {_shown(first.name)} is not permitted on this route"
+    if missing:
+        what += f" (it requires scope {' '.join(missing)})"
+    batch_ids: tuple[JsonId, ...] | None = None
+    if body.is_batch:
+        for call in calls:
+            if call.decision is not None and call.decision.allowed:
+                call.decision = Decision(False, "batch refused")
+        others = len(denied) - 1
+        what = "batch refused: " + what + (f"; {others} more element(s) refused" if others else "")
+        batch_ids = tuple(_id(m) for m in body.messages if "id" in m and "method" in m)
+    raise PolicyDenied(
+        403,
+        what,
+        JSONRPC_SERVER_ERROR,
+        detail="; ".join(c.decision.reason for c in denied if c.decision),
+        www_authenticate=(
+            bearer_challenge(error="insufficient_scope", description=what, scope=" ".join(missing))
+            if missing
+            else None
+        ),
+        reason="policy_denied",
+        batch_ids=batch_ids,
+    )
+
+
+def _shown(name: str | None) -> str:
+    text = name if name is not None else ""
+    return repr(text if len(text) <= 128 else text[:128] + "…")
