@@ -10,6 +10,7 @@ quotes nothing, and logs only the error's type.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -67,7 +68,28 @@ class ProxyRunner(web.AppRunner):
         # aiohttp builds the Server inside Application._make_handler; swapping the class keeps
         # its construction (and every argument it passes) aiohttp's own.
         server.__class__ = ProxyServer
+        server.request_handler = _origin_form_only(server.request_handler)
         return server
+
+
+def _origin_form_only(
+    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """Refuse ``OPTIONS *`` and absolute-form targets before routing (which would answer them
+    with aiohttp's plain-text 404): a proxy route is only ever addressed by its path."""
+
+    async def guarded(request: BaseRequest) -> web.StreamResponse:
+        if request.raw_path.startswith("/"):
+            return await handler(request)
+        request_id = os.urandom(8).hex()
+        return web.Response(
+            status=400,
+            body=error_body(JSONRPC_INVALID_REQUEST, "request target must be a path", None, request_id),
+            content_type="application/json",
+            headers={"X-Request-Id": request_id},
+        )
+
+    return guarded
 
 
 def runner_kwargs(**kwargs: Any) -> dict[str, Any]:
