@@ -16,10 +16,13 @@ from mcpproxy.config import exchange, inbound
 from mcpproxy.config.envsubst import substitute
 from mcpproxy.config.errors import ConfigError
 from mcpproxy.config.model import (
+    DEFAULT_FALLBACK_METHODS,
+    FALLBACK_SAFE_METHODS,
     AuthorizationSource,
     AuthSettings,
     Config,
     ExchangeUpstreamAuth,
+    FallbackSettings,
     ForwardUpstreamAuth,
     HeaderSource,
     McpHeadersSource,
@@ -233,11 +236,37 @@ def _auth(sec: Section, route_name: str, warnings: list[str]) -> AuthSettings:
             "upstream; the MCP authorization spec forbids token passthrough — use it only for "
             "upstreams that are not OAuth resource servers (API keys, personal tokens)"
         )
+    fallback_sec = sec.optional_section("fallback")
+    fallback = _fallback(fallback_sec, upstream, verify is not None) if fallback_sec else None
     auth = AuthSettings(
-        subject=subject, upstream=upstream, strip_headers=_header_names(sec, "strip_headers"), verify=verify
+        subject=subject,
+        upstream=upstream,
+        strip_headers=_header_names(sec, "strip_headers"),
+        verify=verify,
+        fallback=fallback,
     )
     sec.finish()
     return auth
+
+
+def _fallback(sec: Section, main: UpstreamAuth, verifies: bool) -> FallbackSettings:
+    if not main.needs_subject:
+        sec.error("upstream", "a fallback only applies where auth.upstream needs the caller's credential")
+    if verifies:
+        sec.error("upstream", "cannot be combined with auth.verify: every request there must carry a token")
+    upstream = _upstream_auth(sec.section("upstream"))
+    if upstream.needs_subject or isinstance(upstream, NoUpstreamAuth):
+        sec.error("upstream", "must be the route's own identity: type static or client_credentials")
+    methods = sec.strings("methods", list(DEFAULT_FALLBACK_METHODS))
+    for i, method in enumerate(methods):
+        if method not in FALLBACK_SAFE_METHODS:
+            raise ConfigError(
+                f"{sec.at('methods')}[{i}]",
+                f"{method!r} would run as the proxy's own identity; allowed: "
+                + ", ".join(sorted(FALLBACK_SAFE_METHODS)),
+            )
+    sec.finish()
+    return FallbackSettings(upstream=upstream, methods=frozenset(methods))
 
 
 def _subjects(sec: Section, route_name: str, default: list[Any]) -> list[SubjectSource]:

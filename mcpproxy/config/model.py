@@ -136,12 +136,39 @@ class ExchangeUpstreamAuth:
 UpstreamAuth = NoUpstreamAuth | StaticUpstreamAuth | ForwardUpstreamAuth | ExchangeUpstreamAuth
 
 
+#: MCP methods that only open, keep or describe a session — what ``auth.fallback`` may cover.
+FALLBACK_SAFE_METHODS = frozenset(
+    {
+        "initialize",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "ping",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/list",
+    }
+)
+DEFAULT_FALLBACK_METHODS = ("initialize", "notifications/initialized", "tools/list")
+
+
+@dataclass(frozen=True)
+class FallbackSettings:
+    """``auth.fallback``: the route's own identity for chosen session methods when the caller
+    sent no credential (OGX opens a connector's first session without the user's token).
+    GET (the session's stream) and DELETE (its end) qualify too; nothing that runs a tool does."""
+
+    upstream: UpstreamAuth
+    methods: frozenset[str]
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     subject: tuple[SubjectSource, ...] = ()
     upstream: UpstreamAuth = field(default_factory=NoUpstreamAuth)
     strip_headers: tuple[str, ...] = ()
     verify: VerifySettings | None = None
+    fallback: FallbackSettings | None = None
 
     @property
     def reads_body(self) -> bool:
@@ -160,6 +187,16 @@ class RouteSettings:
     max_connections: int = 100
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings | None = None
+
+    def exchange_rules(self) -> dict[str, ExchangeUpstreamAuth]:
+        """The route's OAuth-backed rules by token-source name: the route's, and its fallback's."""
+        rules: dict[str, ExchangeUpstreamAuth] = {}
+        if isinstance(self.auth.upstream, ExchangeUpstreamAuth):
+            rules[self.name] = self.auth.upstream
+        fallback = self.auth.fallback
+        if fallback is not None and isinstance(fallback.upstream, ExchangeUpstreamAuth):
+            rules[f"{self.name}:fallback"] = fallback.upstream
+        return rules
 
 
 @dataclass(frozen=True)

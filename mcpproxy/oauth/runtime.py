@@ -13,7 +13,7 @@ from mcpproxy.config.exchange import (
     JwtBearerSettings,
     TokenExchangeSettings,
 )
-from mcpproxy.config.model import Config, ExchangeUpstreamAuth
+from mcpproxy.config.model import Config
 from mcpproxy.metrics import Registry
 from mcpproxy.oauth.client_credentials import ClientCredentialsGrant
 from mcpproxy.oauth.discovery import Discovery
@@ -37,9 +37,7 @@ class ExchangeRuntime:
     @classmethod
     async def create(cls, config: Config, http: TokenHttp, metrics: Registry) -> ExchangeRuntime:
         exchanges = {
-            route.name: route.auth.upstream.exchange
-            for route in config.routes
-            if isinstance(route.auth.upstream, ExchangeUpstreamAuth)
+            name: rule.exchange for route in config.routes for name, rule in route.exchange_rules().items()
         }
         cache = await build_cache(config.cache or CacheSettings()) if exchanges else MemoryTokenCache()
         builder = _Builder(http, Discovery(http), cache, metrics)
@@ -68,9 +66,7 @@ async def build_cache(settings: CacheSettings) -> TokenCache:
 
 
 class _Builder:
-    def __init__(
-        self, http: TokenHttp, discovery: Discovery, cache: TokenCache, metrics: Registry
-    ) -> None:
+    def __init__(self, http: TokenHttp, discovery: Discovery, cache: TokenCache, metrics: Registry) -> None:
         self.http = http
         self.discovery = discovery
         self.cache = cache
@@ -83,7 +79,11 @@ class _Builder:
             grant = TokenExchangeGrant(s, self._endpoint(route, s.server, s.client))
             if s.actor is not None:
                 own = ClientCredentialsSettings(
-                    s.server, s.client, s.actor.audience, s.actor.resource, s.actor.scope,
+                    s.server,
+                    s.client,
+                    s.actor.audience,
+                    s.actor.resource,
+                    s.actor.scope,
                     timing=s.timing,
                 )
                 actor = self.source(f"{route}:actor", own)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from mcpproxy import __version__, prm
 from mcpproxy.audit import AuditLog
-from mcpproxy.config.model import Config, ExchangeUpstreamAuth
+from mcpproxy.config.model import Config
 from mcpproxy.errors import ProxyError
 from mcpproxy.inbound import InboundAuth
 from mcpproxy.metrics import Registry
@@ -48,7 +48,7 @@ class TokenSources:
 
 async def default_token_sources(config: Config, metrics: Registry) -> TokenSources:
     """OAuth token sources for the config's exchange routes (none needed: nothing is built)."""
-    if not any(isinstance(r.auth.upstream, ExchangeUpstreamAuth) for r in config.routes):
+    if not any(route.exchange_rules() for route in config.routes):
         return TokenSources()
     from mcpproxy.web.oauth_http import exchange_token_sources
 
@@ -76,18 +76,19 @@ class ProxyState:
         inbound = Inbound.build(config)
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
-            source = (
-                tokens.sources.get(route.name)
-                if isinstance(route.auth.upstream, ExchangeUpstreamAuth)
-                else None
-            )
-            credential = UpstreamCredential(route.auth.upstream, source)
+            credential = UpstreamCredential(route.auth.upstream, tokens.sources.get(route.name))
+            fallback = route.auth.fallback
             runtimes[route.name] = RouteRuntime.create(
                 route,
                 credential,
                 config.server.strip_headers,
                 verifier=inbound.auth.verifiers.get(route.name) if inbound.auth else None,
                 audit=inbound.audit is not None,
+                fallback=(
+                    UpstreamCredential(fallback.upstream, tokens.sources.get(f"{route.name}:fallback"))
+                    if fallback is not None
+                    else None
+                ),
             )
         handler = ProxyHandler(
             RouteTable(config.routes),

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,7 +80,6 @@ class RouteRuntime:
     allowed: frozenset[str]
     credential_names: frozenset[str]
     in_flight: int = 0
-    streams: int = field(default=0)
     verifier: TokenVerifier | None = None
     policy: Policy | None = None
     #: The route's tools/call messages are collected (for policy or the audit trail).
@@ -89,6 +88,8 @@ class RouteRuntime:
     needs_body: bool = False
     #: Where the route's protected resource metadata is, when its public URL is configured.
     metadata_url: str | None = None
+    #: The route's own identity for session methods sent without a caller credential.
+    fallback: UpstreamCredential | None = None
 
     @classmethod
     def create(
@@ -99,6 +100,7 @@ class RouteRuntime:
         *,
         verifier: TokenVerifier | None = None,
         audit: bool = False,
+        fallback: UpstreamCredential | None = None,
     ) -> RouteRuntime:
         connector = aiohttp.TCPConnector(
             limit=route.max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60
@@ -121,8 +123,9 @@ class RouteRuntime:
             verifier=verifier,
             policy=Policy(route.policy) if route.policy is not None else None,
             records_calls=route.policy is not None or audit,
-            needs_body=route.auth.reads_body or route.policy is not None or audit,
+            needs_body=route.auth.reads_body or route.policy is not None or audit or fallback is not None,
             metadata_url=prm.metadata_url(route.public_url) if route.public_url else None,
+            fallback=fallback,
         )
 
     async def close(self) -> None:
@@ -144,6 +147,7 @@ class Outcome:
     upstream_status: int | None = None
     identity: Identity | None = None
     calls: list[Call] | None = None
+    fallback: bool = False
 
 
 class ProxyHandler:
@@ -262,8 +266,10 @@ class ProxyHandler:
                     list_filter = ListFilter.for_request(runtime.policy, identity, lists)
             elif request.method == "GET":
                 list_filter = ListFilter.for_stream(runtime.policy, identity)
-        if runtime.credential.needs_subject and subject is None:
-            raise missing_credential()
+        credential = runtime.credential
+        if credential.needs_subject and subject is None:
+            credential = _fallback_for(runtime, request.method, body)
+            outcome.fallback = True
         headers = upstream_request_headers(
             request.headers,
             runtime.allowed,
@@ -279,7 +285,7 @@ class ProxyHandler:
             )
         runtime.in_flight += 1
         try:
-            upstream = await self._send(request, runtime, match, headers, body, subject, outcome)
+            upstream = await self._send(request, runtime, credential, match, headers, body, subject, outcome)
             return await self._relay(request, runtime, match, upstream, request_id, outcome, list_filter)
         finally:
             runtime.in_flight -= 1
@@ -288,6 +294,7 @@ class ProxyHandler:
         self,
         request: web.Request,
         runtime: RouteRuntime,
+        credential: UpstreamCredential,
         match: Match,
         headers: CIMultiDict[str],
         body: Body | None,
@@ -295,7 +302,6 @@ class ProxyHandler:
         outcome: Outcome,
     ) -> aiohttp.ClientResponse:
         """Send upstream; on a 401 to an exchanged token, drop it and retry once with a fresh one."""
-        credential = runtime.credential
         replayable = body is not None or not request.body_exists
         for attempt in (1, 2):
             value = await credential.value(subject)
@@ -445,6 +451,8 @@ class ProxyHandler:
         }
         if outcome.upstream_s is not None:
             fields["upstream_ms"] = round(outcome.upstream_s * 1000, 3)
+        if outcome.fallback:
+            fields["credential_source"] = "fallback"
         if outcome.subject is not None:
             fields["credential_source"] = outcome.subject.source
             fields["subject_fingerprint"] = outcome.subject.token.fingerprint()
@@ -506,6 +514,22 @@ async def _request(
         raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
     except aiohttp.ClientError as exc:
         raise _upstream_error(runtime, 502, "protocol", "upstream failed", exc) from None
+
+
+def _fallback_for(runtime: RouteRuntime, http_method: str, body: Body | None) -> UpstreamCredential:
+    """The route's own identity when the request only opens, streams, lists or ends a session
+    (``auth.fallback``); otherwise the caller's missing credential is a 401."""
+    fallback = runtime.fallback
+    if fallback is None or runtime.settings.auth.fallback is None:
+        raise missing_credential()
+    methods = runtime.settings.auth.fallback.methods
+    if body is None:
+        if http_method in ("GET", "DELETE"):
+            return fallback
+        raise missing_credential()
+    if body.messages and all(m.get("method") in methods for m in body.messages):
+        return fallback
+    raise missing_credential()
 
 
 async def _read_whole(runtime: RouteRuntime, upstream: aiohttp.ClientResponse) -> bytes:
