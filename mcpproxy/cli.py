@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mcpproxy import __version__
-from mcpproxy.config import Config, ConfigError, load_config
+from mcpproxy.config import Config, ConfigError, RouteSettings, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,8 +64,24 @@ def _print_check(config: Config) -> None:
         subject = ", ".join(_source_label(s) for s in route.auth.subject) or "-"
         print(f"  {route.name:<16} {route.path:<28} -> {route.upstream}")
         print(f"  {'':<16} credential: {upstream.type}; subject from: {subject}")
+        for line in _route_extras(route):
+            print(f"  {'':<16} {line}")
     for warning in config.warnings:
         print(f"warning: {warning}")
+
+
+def _route_extras(route: RouteSettings) -> list[str]:
+    lines = []
+    verify = route.auth.verify
+    if verify is not None:
+        lines.append(f"verify: issuer {verify.issuer}, audience {', '.join(verify.audience)}")
+    if route.policy is not None:
+        lines.append(f"policy: default {route.policy.default}, {len(route.policy.rules)} rule(s)")
+    fallback = route.auth.fallback
+    if fallback is not None:
+        methods = ", ".join([*sorted(fallback.methods), "GET", "DELETE"])
+        lines.append(f"fallback: {fallback.upstream.type} for {methods}")
+    return lines
 
 
 def _source_label(source: object) -> str:
