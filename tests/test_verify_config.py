@@ -80,7 +80,7 @@ def test_defaults() -> None:
         (
             "    auth: {verify: {issuer: 'ftp://127.0.0.1', audience: [x]}}\n",
             "routes[0].auth.verify.issuer",
-            "http(s)",
+            "https:// URL",
         ),
         (
             "    auth: {verify: {issuer: 'https://u:p@idp', audience: [x]}}\n",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mcpproxy.config.errors import ConfigError
 from mcpproxy.config.reader import Section
+from mcpproxy.config.urls import check_url
 from mcpproxy.secrets import Secret
 
 EXCHANGE_TYPES = ("token_exchange", "jwt_bearer", "id_jag", "entra_obo", "client_credentials")
@@ -187,11 +187,7 @@ class ClientCredentialsSettings:
 
 
 ExchangeSettings = (
-    TokenExchangeSettings
-    | JwtBearerSettings
-    | IdJagSettings
-    | EntraOboSettings
-    | ClientCredentialsSettings
+    TokenExchangeSettings | JwtBearerSettings | IdJagSettings | EntraOboSettings | ClientCredentialsSettings
 )
 
 
@@ -309,7 +305,7 @@ def _entra_obo(sec: Section) -> EntraOboSettings:
             sec.error("tenant", f"{tenant!r} is not a tenant id or domain")
         allow_insecure = sec.flag("allow_insecure", False)
         authority = (authority or "https://login.microsoftonline.com").rstrip("/")
-        _check_endpoint(sec, "authority", authority, allow_insecure)
+        check_url(sec, "authority", authority, allow_insecure=allow_insecure)
         endpoint = f"{authority}/{tenant}/oauth2/v2.0/token"
         server = AuthServer(None, endpoint, allow_insecure, _timeout(sec))
     scope = _scopes(sec)
@@ -360,50 +356,14 @@ def _server(sec: Section) -> AuthServer:
     if issuer is None and endpoint is None:
         sec.error("issuer", "give issuer (for discovery) or token_endpoint")
     if issuer is not None:
-        _check_endpoint(sec, "issuer", issuer, allow_insecure)
+        check_url(sec, "issuer", issuer, allow_insecure=allow_insecure)
     if endpoint is not None:
-        _check_endpoint(sec, "token_endpoint", endpoint, allow_insecure)
+        check_url(sec, "token_endpoint", endpoint, allow_insecure=allow_insecure)
     return AuthServer(issuer, endpoint, allow_insecure, _timeout(sec))
 
 
 def _timeout(sec: Section) -> float:
     return float(sec.number("timeout_s", 10.0, minimum=0.1, maximum=120))
-
-
-def _check_endpoint(sec: Section, key: str, url: str, allow_insecure: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        sec.error(key, f"must be an absolute http(s) URL, got {url!r}")
-    if parts.username or parts.password:
-        sec.error(key, "must not carry credentials; use client")
-    if parts.query or parts.fragment or "#" in url:
-        sec.error(key, "must not have a query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        sec.error(key, f"has an invalid port: {url!r}")
-    problem = insecure_reason(url, allow_insecure)
-    if problem:
-        sec.error(key, problem)
-
-
-def insecure_reason(url: str, allow_insecure: bool) -> str | None:
-    """Why ``url`` may not carry credentials, or None: plain http only to loopback or when allowed."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" or allow_insecure:
-        return None
-    if parts.scheme == "http" and is_loopback(parts.hostname or ""):
-        return None
-    return "must use https (plain http only to a loopback address, or set allow_insecure: true)"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _client(sec: Section) -> ClientSettings:

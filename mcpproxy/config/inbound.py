@@ -14,11 +14,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from mcpproxy.config.errors import ConfigError
-from mcpproxy.config.exchange import insecure_reason
 from mcpproxy.config.reader import Section
+from mcpproxy.config.urls import check_url
 
 #: Asymmetric JWS algorithms a verifier may accept. ``none`` and ``HS*`` are never accepted.
 ASYMMETRIC_ALGORITHMS = (
@@ -135,10 +134,10 @@ def parse_verify(sec: Section) -> VerifySettings:
     d = VerifySettings(issuer="", audience=())
     allow_insecure = sec.flag("allow_insecure", False)
     issuer: str = sec.text("issuer")
-    _check_url(sec, "issuer", issuer, allow_insecure)
+    check_url(sec, "issuer", issuer, allow_insecure=allow_insecure)
     jwks_uri: str | None = sec.text("jwks_uri", None)
     if jwks_uri is not None:
-        _check_url(sec, "jwks_uri", jwks_uri, allow_insecure)
+        check_url(sec, "jwks_uri", jwks_uri, allow_insecure=allow_insecure)
     audience = tuple(dict.fromkeys(sec.strings("audience")))
     if not audience:
         sec.error("audience", "must name at least one audience (tokens not issued for the proxy are refused)")
@@ -162,23 +161,6 @@ def parse_verify(sec: Section) -> VerifySettings:
     )
     sec.finish()
     return settings
-
-
-def _check_url(sec: Section, key: str, url: str, allow_insecure: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        sec.error(key, f"must be an absolute http(s) URL, got {url!r}")
-    if parts.username or parts.password:
-        sec.error(key, "must not carry credentials")
-    if parts.query or parts.fragment or "#" in url:
-        sec.error(key, "must not have a query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        sec.error(key, f"has an invalid port: {url!r}")
-    problem = insecure_reason(url, allow_insecure)
-    if problem:
-        sec.error(key, problem)
 
 
 def _algorithms(sec: Section) -> tuple[str, ...]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +35,7 @@ from mcpproxy.config.model import (
     UpstreamAuth,
 )
 from mcpproxy.config.reader import Section
+from mcpproxy.config.urls import check_url
 from mcpproxy.headers import CREDENTIAL_HEADERS, HOP_BY_HOP, is_token
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -138,7 +137,7 @@ def _route(sec: Section, warnings: list[str]) -> RouteSettings:
     timeouts = _timeouts(timeouts_sec) if timeouts_sec else Timeouts()
     public_url = sec.text("public_url", None)
     if public_url is not None:
-        _check_http_url(sec, "public_url", public_url, allow_path=True)
+        check_url(sec, "public_url", public_url)
     auth_sec = sec.optional_section("auth")
     auth = _auth(auth_sec, name, warnings) if auth_sec else AuthSettings()
     policy_sec = sec.optional_section("policy")
@@ -175,26 +174,8 @@ def _route_path(sec: Section) -> str:
 
 def _upstream_url(sec: Section) -> str:
     url: str = sec.text("upstream")
-    _check_http_url(sec, "upstream", url, allow_path=True)
+    check_url(sec, "upstream", url)
     return url
-
-
-def _check_http_url(sec: Section, key: str, url: str, *, allow_path: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        sec.error(key, f"must be an http:// or https:// URL, got {url!r}")
-    if not parts.hostname:
-        sec.error(key, f"has no host: {url!r}")
-    if parts.username or parts.password:
-        sec.error(key, "must not carry credentials; use auth.upstream")
-    if parts.query or parts.fragment:
-        sec.error(key, "must not have a query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        sec.error(key, f"has an invalid port: {url!r}")
-    if not allow_path and parts.path not in ("", "/"):
-        sec.error(key, "must not have a path")
 
 
 def _timeouts(sec: Section) -> Timeouts:
@@ -371,12 +352,3 @@ def _overlaps(a: str, b: str) -> bool:
     """True when one path is a segment-wise prefix of the other ("/a" and "/a/b", not "/ab")."""
     a, b = a.rstrip("/"), b.rstrip("/")
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import jwt
 import structlog
 
-from mcpproxy.config.exchange import insecure_reason
+from mcpproxy.config.urls import insecure_reason
 from mcpproxy.oauth.discovery import metadata_urls
 from mcpproxy.oauth.transport import TokenHttp, TransportError
 

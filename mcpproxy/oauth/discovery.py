@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from mcpproxy.config.exchange import insecure_reason
+from mcpproxy.config.urls import insecure_reason
 from mcpproxy.oauth.errors import TokenEndpointError, classify_reply, misconfigured, unavailable
 from mcpproxy.oauth.response import parse_json
 from mcpproxy.oauth.transport import TokenHttp, TransportError
