@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
@@ -252,15 +252,20 @@ def _token_exchange(sec: Section) -> TokenExchangeSettings:
 
 
 def _jwt_bearer(sec: Section) -> JwtBearerSettings:
-    return JwtBearerSettings(
-        server=_server(sec),
-        client=_client(sec),
-        audience=tuple(sec.strings("audience", [])),
-        resource=_resources(sec),
-        scope=_scopes(sec),
-        extra_params=_extra_params(sec),
-        timing=_timing(sec),
-    )
+    return JwtBearerSettings(**_plain_grant(sec))
+
+
+def _plain_grant(sec: Section) -> dict[str, Any]:
+    """The keys of a grant that needs nothing beyond server, client and the target."""
+    return {
+        "server": _server(sec),
+        "client": _client(sec),
+        "audience": tuple(sec.strings("audience", [])),
+        "resource": _resources(sec),
+        "scope": _scopes(sec),
+        "extra_params": _extra_params(sec),
+        "timing": _timing(sec),
+    }
 
 
 def _id_jag(sec: Section) -> IdJagSettings:
@@ -324,15 +329,7 @@ def _entra_obo(sec: Section) -> EntraOboSettings:
 
 
 def _client_credentials(sec: Section) -> ClientCredentialsSettings:
-    return ClientCredentialsSettings(
-        server=_server(sec),
-        client=_client(sec),
-        audience=tuple(sec.strings("audience", [])),
-        resource=_resources(sec),
-        scope=_scopes(sec),
-        extra_params=_extra_params(sec),
-        timing=_timing(sec),
-    )
+    return ClientCredentialsSettings(**_plain_grant(sec))
 
 
 def _actor(sec: Section) -> ActorSettings:
