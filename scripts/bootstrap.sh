@@ -15,7 +15,8 @@ want=$(stamp requirements-dev.lock pyproject.toml)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: creating .venv with $($PY --version)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  quiet() { "$@" 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }; }
+  # pip's output only when it fails (its warnings about local indexes and editable installs are noise)
+  quiet() { local out; out=$("$@" 2>&1) || { printf '%s\n' "$out" | grep -v '^WARNING: Location' >&2; return 1; }; }
   quiet .venv/bin/python -m pip install -q --upgrade pip
   quiet .venv/bin/python -m pip install -q -r requirements-dev.lock
   quiet .venv/bin/python -m pip install -q --no-deps -e .
