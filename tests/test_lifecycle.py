@@ -145,3 +145,21 @@ async def test_workers_share_the_port(
             assert (await conn.session.list_tools()).tools
     proxy.signal(signal.SIGTERM)
     assert await asyncio.to_thread(proxy.proc.wait, 20) == 0
+
+
+async def test_config_file_watch_reloads(
+    mcp_json: McpServerProcess, proxy_process: Callable[..., ProxyProcess]
+) -> None:
+    proxy = proxy_process(table(("a", "/a/mcp", mcp_json.url)) + "server:\n  watch_config_s: 0.2\n")
+    proxy.config_path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "127.0.0.1", "port": proxy.port, "watch_config_s": 0.2},
+                "routes": [{"name": "b", "path": "/b/mcp", "upstream": mcp_json.url}],
+            }
+        )
+    )
+    await wait_for(lambda: "reloaded" in log_events(proxy))
+    assert await status_of(proxy.url("/a/mcp")) == 404
+    async with mcp_connect(proxy.url("/b/mcp")) as conn:
+        assert (await conn.session.list_tools()).tools

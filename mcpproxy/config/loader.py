@@ -90,6 +90,7 @@ def _server(sec: Section | None) -> ServerSettings:
         shutdown_grace_s=sec.number("shutdown_grace_s", d.shutdown_grace_s),
         access_log=sec.flag("access_log", d.access_log),
         strip_headers=_header_names(sec, "strip_headers"),
+        watch_config_s=sec.number("watch_config_s", d.watch_config_s, maximum=3600),
     )
     sec.finish()
     return settings

@@ -23,6 +23,8 @@ class ServerSettings:
     shutdown_grace_s: float = 30.0
     access_log: bool = True
     strip_headers: tuple[str, ...] = ()
+    #: Seconds between checks of the config file for changes (0: reload on SIGHUP only).
+    watch_config_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,14 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = (
+        asyncio.create_task(_watch(app, config_path, config.server.watch_config_s))
+        if config.server.watch_config_s > 0
+        else None
+    )
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     app[LIVE].ready = False
     log.info("stopping", grace_s=config.server.shutdown_grace_s, in_flight=app[LIVE].state.in_flight)
     # Stops accepting at once, lets in-flight requests finish within the grace period, then
@@ -91,6 +98,26 @@ async def _reload(app: web.Application, config_path: str) -> None:
         log.error("reload_refused", error=str(exc), kept="previous configuration")
     except Exception as exc:  # a reload must never take the running proxy down
         log.error("reload_failed", error=type(exc).__name__, kept="previous configuration")
+
+
+async def _watch(app: web.Application, config_path: str, every_s: float) -> None:
+    """Reload when the config file changes (``server.watch_config_s``), as SIGHUP does."""
+    seen = _stamp(config_path)
+    while True:
+        await asyncio.sleep(every_s)
+        current = _stamp(config_path)
+        if current != seen:
+            seen = current
+            log.info("config_changed", path=config_path)
+            await _reload(app, config_path)
+
+
+def _stamp(path: str) -> tuple[float, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_mtime, info.st_size)
 
 
 def _supervise(config_path: str, config: Config) -> int:
