@@ -151,7 +151,7 @@ def _route(sec: Section, warnings: list[str]) -> RouteSettings:
         timeouts=timeouts,
         public_url=public_url,
         relay_set_cookie=sec.flag("relay_set_cookie", False),
-        max_connections=sec.integer("max_connections", 100, minimum=1, maximum=100_000),
+        max_connections=sec.integer("max_connections", 1000, minimum=1, maximum=100_000),
         auth=auth,
         policy=policy,
     )

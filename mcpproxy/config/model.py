@@ -186,7 +186,8 @@ class RouteSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     public_url: str | None = None
     relay_set_cookie: bool = False
-    max_connections: int = 100
+    #: Concurrent upstream requests; each OGX session holds one GET stream open besides its POSTs.
+    max_connections: int = 1000
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings | None = None
 
