@@ -60,7 +60,7 @@ from mcpproxy.upstream_auth import UpstreamCredential, missing_credential
 from mcpproxy.web.filtering import ListFilter, SseListFilter
 from mcpproxy.web.responses import batch_error_response, error_response
 
-log = structlog.get_logger("mcpproxy.access")
+log = structlog.get_logger("mcpproxy.proxy")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Bodies up to this size are read whole (one read, one write); larger ones are streamed.

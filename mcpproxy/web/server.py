@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -58,6 +59,7 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
         backlog=1024,
     )
     await site.start()
+    _tune_gc()
     log.info("listening", host=config.server.host, port=config.server.port, uvloop=uvloop, pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,6 +89,16 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _tune_gc() -> None:
+    """Move everything allocated at start-up out of the collector's sight and collect young
+    objects less often. A proxied request allocates a few hundred short-lived objects; with the
+    default threshold (700) the collector ran every few requests. Measured (wrk c=64, A/B
+    interleaved, bench/PROFILE.md): ~15 % less CPU per request."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 async def _reload(app: web.Application, config_path: str) -> None:
