@@ -15,7 +15,7 @@ from mcpproxy.config import ConfigError, parse_config
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, tool_text
 from tests.support.oauth import OAuthServer
 from tests.support.proxy import LOG_DIR, ProxyFactory, SecretRegistry
-from tests.test_verify_support import Forger, bearer, post, verify_block
+from tests.support.verify import Forger, bearer, post, verify_block
 
 PATH = "/a/mcp"
 POLICY = {"rules": [{"tools": ["drop_table"], "require_scopes": ["admin"]}]}

@@ -17,7 +17,7 @@ from mcpproxy.errors import JSONRPC_HEADER_MISMATCH
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, rpc_messages, tool_text
 from tests.support.oauth import OAuthServer
 from tests.support.proxy import ProxyFactory, RunningProxy, SecretRegistry
-from tests.test_verify_support import INIT, bearer, post, sse_messages, verify_block
+from tests.support.verify import INIT, bearer, post, sse_messages, verify_block
 
 PATH = "/p/mcp"
 POLICY: dict[str, Any] = {

@@ -24,7 +24,7 @@ from mcpproxy.prm import metadata_url, parse_challenges, rewrite_challenge
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, tool_json, tool_text
 from tests.support.oauth import OAuthServer
 from tests.support.proxy import ProxyFactory, SecretRegistry, free_port
-from tests.test_verify_support import INIT, get, post, proxy_at, verify_block
+from tests.support.verify import INIT, get, post, proxy_at, verify_block
 
 WK = "/.well-known/oauth-protected-resource"
 

@@ -19,7 +19,7 @@ from mcpproxy.inbound import verify as v
 from tests.support.mcp_servers import McpServerFactory, McpServerProcess, mcp_connect, tool_json
 from tests.support.oauth import OAuthServer
 from tests.support.proxy import ProxyFactory, RunningProxy, SecretRegistry, free_port
-from tests.test_verify_support import (
+from tests.support.verify import (
     INIT,
     Forger,
     bearer,
