@@ -55,6 +55,13 @@ def unauthorized(
     )
 
 
+def missing_credential() -> ProxyError:
+    """A route that needs the caller's credential found none (fail closed, nothing sent upstream)."""
+    return unauthorized(
+        "this route requires a caller credential", error="invalid_request", reason="missing_credential"
+    )
+
+
 def bearer_challenge(
     *,
     error: str | None = None,

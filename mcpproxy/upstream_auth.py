@@ -12,7 +12,7 @@ from mcpproxy.config.model import (
     UpstreamAuth,
 )
 from mcpproxy.credentials import Subject
-from mcpproxy.errors import unauthorized
+from mcpproxy.errors import missing_credential
 from mcpproxy.secrets import Secret
 
 
@@ -75,9 +75,3 @@ class UpstreamCredential:
         if subject is None:
             raise missing_credential()
         return subject
-
-
-def missing_credential() -> Exception:
-    return unauthorized(
-        "this route requires a caller credential", error="invalid_request", reason="missing_credential"
-    )

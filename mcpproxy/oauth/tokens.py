@@ -19,7 +19,7 @@ from typing import Protocol
 import structlog
 
 from mcpproxy.config.exchange import ExchangeSettings, needs_subject
-from mcpproxy.errors import unauthorized
+from mcpproxy.errors import missing_credential
 from mcpproxy.metrics import Registry
 from mcpproxy.oauth.errors import TokenEndpointError, to_proxy_error
 from mcpproxy.oauth.response import Issued
@@ -89,11 +89,7 @@ class TokenSource:
         if not self.needs_subject:
             subject = None
         elif not subject:
-            raise unauthorized(
-                "this route requires a caller credential",
-                error="invalid_request",
-                reason="missing_credential",
-            )
+            raise missing_credential()
         actor = await self.actor.get(None) if self.actor else None
         key = cache_key(self._digest, subject, actor)
 

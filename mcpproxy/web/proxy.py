@@ -34,7 +34,7 @@ from mcpproxy.credentials import (
     resolve_subject,
     strip_meta_credentials,
 )
-from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
+from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError, missing_credential
 from mcpproxy.headers import (
     REQUEST_ID,
     downstream_response_headers,
@@ -44,6 +44,7 @@ from mcpproxy.headers import (
 from mcpproxy.inbound import Identity, TokenVerifier
 from mcpproxy.jsonrpc import Body, parse_body
 from mcpproxy.metrics import Registry
+from mcpproxy.oauth.errors import scrub
 from mcpproxy.policy import (
     Call,
     Policy,
@@ -56,7 +57,7 @@ from mcpproxy.policy import (
 )
 from mcpproxy.routing import Match, RouteTable, rewrite_endpoint
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
-from mcpproxy.upstream_auth import UpstreamCredential, missing_credential
+from mcpproxy.upstream_auth import UpstreamCredential
 from mcpproxy.web.filtering import ListFilter, SseListFilter
 from mcpproxy.web.responses import batch_error_response, error_response
 
@@ -90,6 +91,10 @@ class RouteRuntime:
     metadata_url: str | None = None
     #: The route's own identity for session methods sent without a caller credential.
     fallback: UpstreamCredential | None = None
+    #: Host callers name the route by (from ``public_url``); None: the request's Host header.
+    public_host: str | None = None
+    #: A subject source reads ``params._meta``, so POST bodies must parse as JSON-RPC.
+    reads_meta: bool = False
 
     @classmethod
     def create(
@@ -126,6 +131,8 @@ class RouteRuntime:
             needs_body=route.auth.reads_body or route.policy is not None or audit or fallback is not None,
             metadata_url=prm.metadata_url(route.public_url) if route.public_url else None,
             fallback=fallback,
+            public_host=urlsplit(route.public_url).netloc if route.public_url else None,
+            reads_meta=route.auth.reads_body,
         )
 
     async def close(self) -> None:
@@ -231,7 +238,7 @@ class ProxyHandler:
         raw = await _read_limited(request, self.max_body)
         if runtime.policy is not None:
             return parse_strict(raw)
-        return parse_body(raw, strict=runtime.settings.auth.reads_body)
+        return parse_body(raw, strict=runtime.reads_meta)
 
     async def _forward(
         self,
@@ -247,7 +254,7 @@ class ProxyHandler:
         subject = None
         if route.auth.subject:
             view = RequestView(
-                request.headers, _public_host(request, route), route.path, body, self.max_credential
+                request.headers, runtime.public_host or request.host, route.path, body, self.max_credential
             )
             subject = resolve_subject(route.auth.subject, view)
             if body is not None and strip_meta_credentials(body, route.auth.subject):
@@ -549,13 +556,9 @@ def _upstream_error(
         status,
         message,
         JSONRPC_INTERNAL_ERROR,
-        detail=f"{type(exc).__name__}: {_scrub(str(exc))}",
+        detail=f"{type(exc).__name__}: {scrub(str(exc))}",
         reason=f"upstream_{kind}",
     )
-
-
-def _scrub(text: str) -> str:
-    return text[:200]
 
 
 class _BodyTooLarge(Exception):
@@ -667,10 +670,6 @@ def _too_large(limit: int) -> ProxyError:
 def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match) -> EndpointRewriter:
     prefix = route.path.rstrip("/")
     return EndpointRewriter(lambda endpoint: rewrite_endpoint(endpoint, route.upstream, prefix))
-
-
-def _public_host(request: web.Request, route: RouteSettings) -> str:
-    return urlsplit(route.public_url).netloc if route.public_url else request.host
 
 
 def _request_id(request: web.Request) -> str:
