@@ -21,8 +21,9 @@ import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, tool_json, tool_text  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 from tests.support.oauth import OAuthServer  # noqa: E402
-from tests.support.proxy import free_port, start_proxy_process  # noqa: E402
+from tests.support.proxy import start_proxy_process  # noqa: E402
 
 WEATHER_KEY = "wk-" + os.urandom(8).hex()
 

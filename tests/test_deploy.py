@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -285,10 +286,6 @@ def test_compose_services_are_wired_for_seed_000() -> None:
     assert "/v1/responses" in readme
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Canned(http.server.BaseHTTPRequestHandler):
@@ -448,7 +445,7 @@ def test_healthcheck_probes_healthz_without_curl(
     assert probe() == 0
     routes["/healthz"] = (503, b"down")
     assert probe() != 0
-    env = {**os.environ, "MCPPROXY_HEALTH_URL": f"http://127.0.0.1:{_free_port()}/healthz"}
+    env = {**os.environ, "MCPPROXY_HEALTH_URL": f"http://127.0.0.1:{free_port()}/healthz"}
     assert subprocess.run(run, env=env, capture_output=True, timeout=10, check=False).returncode != 0
 
 
@@ -624,7 +621,7 @@ def example_mcp_server(
     jwks_port, routes = canned_server
     routes["/certs"] = (200, json.dumps({"keys": [jwk]}).encode())
     issuer = "http://keycloak:8080/realms/demo"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MCP_ISSUER": issuer,

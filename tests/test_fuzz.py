@@ -26,7 +26,8 @@ from mcpproxy.config import parse_config
 from mcpproxy.web.app import build_app
 from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
 from tests.support.faulty import FaultyUpstream
-from tests.support.proxy import SECRETS, free_port
+from tests.support.net import free_port
+from tests.support.proxy import SECRETS
 
 SECRET = "fuzz-secret-ZZZZ9999"
 

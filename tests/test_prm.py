@@ -22,8 +22,9 @@ from mcp.shared.auth import OAuthToken, ProtectedResourceMetadata
 
 from mcpproxy.prm import metadata_url, parse_challenges, rewrite_challenge
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, tool_json, tool_text
+from tests.support.net import free_port
 from tests.support.oauth import OAuthServer
-from tests.support.proxy import ProxyFactory, SecretRegistry, free_port
+from tests.support.proxy import ProxyFactory, SecretRegistry
 from tests.support.verify import INIT, get, post, proxy_at, verify_block
 
 WK = "/.well-known/oauth-protected-resource"

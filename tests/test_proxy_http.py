@@ -12,7 +12,8 @@ import pytest
 from multidict import CIMultiDict
 
 from tests.support.mcp_servers import McpServerProcess
-from tests.support.proxy import ProxyFactory, RunningProxy, free_port
+from tests.support.net import free_port
+from tests.support.proxy import ProxyFactory, RunningProxy
 
 INIT = {
     "jsonrpc": "2.0",

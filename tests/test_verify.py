@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mcpproxy.inbound import verify as v
 from tests.support.mcp_servers import McpServerFactory, McpServerProcess, mcp_connect, tool_json
+from tests.support.net import free_port
 from tests.support.oauth import OAuthServer
-from tests.support.proxy import ProxyFactory, RunningProxy, SecretRegistry, free_port
+from tests.support.proxy import ProxyFactory, RunningProxy, SecretRegistry
 from tests.support.verify import (
     INIT,
     Forger,

@@ -12,7 +12,7 @@ import contextlib
 import socket
 import struct
 
-from tests.support.proxy import free_port
+from tests.support.net import free_port
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"

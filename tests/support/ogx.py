@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -49,6 +48,7 @@ import yaml
 
 from tests.support.fake_llm import DEFAULT_MODEL, FakeLLM
 from tests.support.mcp_servers import McpServerProcess, Mode, rpc_method
+from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OGX_VENV = REPO_ROOT / ".ogx-venv"
@@ -73,10 +73,6 @@ def require_env(venv: Path, executable: str) -> Path:
     return exe
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- plain HTTP (sync; the servers are other processes) -----------------------------------------

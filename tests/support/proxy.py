@@ -29,6 +29,7 @@ from mcpproxy.config import Config, parse_config
 from mcpproxy.metrics import Registry
 from mcpproxy.web.app import LIVE, build_app
 from mcpproxy.web.protocol import ProxyRunner, runner_kwargs
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: One directory per test session (several sessions may run at once on a developer's machine).
@@ -48,11 +49,6 @@ class SecretRegistry:
 SECRETS = SecretRegistry()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_config(spec: Mapping[str, Any] | str, env: Mapping[str, str] | None = None) -> Config:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
+
 READY_TIMEOUT = 10.0
 
 
@@ -27,10 +29,6 @@ class RedisServerError(RuntimeError):
     """redis-server is missing or did not start."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -39,7 +37,7 @@ class RedisServer:
         if found is None:
             raise RedisServerError("redis-server is not installed; run scripts/bootstrap.sh")
         self.binary = found
-        self.port = _free_port()
+        self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self._proc: subprocess.Popen[bytes] | None = None
 

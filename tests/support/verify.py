@@ -25,8 +25,9 @@ from multidict import CIMultiDict
 
 from mcpproxy.metrics import Registry
 from mcpproxy.web.app import build_app
+from tests.support.net import free_port
 from tests.support.oauth import OAuthServer
-from tests.support.proxy import ProxyTestServer, RunningProxy, free_port, make_config
+from tests.support.proxy import ProxyTestServer, RunningProxy, make_config
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT: dict[str, Any] = {
