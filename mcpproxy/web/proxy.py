@@ -37,6 +37,7 @@ from mcpproxy.credentials import (
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError, missing_credential
 from mcpproxy.headers import (
     REQUEST_ID,
+    Headers,
     downstream_response_headers,
     route_allowlist,
     upstream_request_headers,
@@ -139,6 +140,29 @@ class RouteRuntime:
         await self.session.close()
 
 
+@dataclass(slots=True)
+class Incoming:
+    """What judging a request reads of it, whichever server layer parsed it."""
+
+    method: str
+    path: str  # decoded, for logs
+    headers: Headers
+    host: str  # the Host header (or the listening address)
+    remote: str  # the peer's address
+    scheme: str
+    has_body: bool
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request judged fit to forward: its upstream headers and credential rule."""
+
+    headers: CIMultiDict[str]
+    credential: UpstreamCredential
+    subject: Subject | None
+    list_filter: ListFilter | None
+
+
 @dataclass
 class Outcome:
     """What the access log line and the metrics say about one request."""
@@ -183,7 +207,16 @@ class ProxyHandler:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        request_id = _request_id(request)
+        request_id = _request_id(request.headers)
+        incoming = Incoming(
+            request.method,
+            request.path,
+            request.headers,
+            request.host,
+            request.remote or "",
+            request.scheme,
+            request.body_exists,
+        )
         outcome = Outcome()
         body: Body | None = None
         runtime: RouteRuntime | None = None
@@ -194,19 +227,13 @@ class ProxyHandler:
             outcome.route = match.route.name
             runtime = self.runtimes[match.route.name]
             body = await self._read_body(request, runtime)
-            if body is not None:
-                outcome.mcp_method = body.method
-                if runtime.records_calls:
-                    outcome.calls = calls_in(body)
-            elif "Mcp-Method" in request.headers:
-                outcome.mcp_method = request.headers["Mcp-Method"][:64]
-            response = await self._forward(request, runtime, match, body, request_id, outcome)
+            self.describe(incoming, runtime, body, outcome)
+            response = await self._forward(request, incoming, runtime, match, body, request_id, outcome)
             outcome.status = response.status
             return response
         except ProxyError as exc:
-            outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
-            self.metrics.rejections.inc(route=outcome.route, reason=exc.reason)
-            metadata = self.metadata_url(request, runtime) if runtime and exc.www_authenticate else None
+            self.rejected(exc, outcome)
+            metadata = self.metadata_url(incoming, runtime) if runtime and exc.www_authenticate else None
             if isinstance(exc, PolicyDenied) and exc.batch_ids:
                 return batch_error_response(exc, request_id, exc.batch_ids, metadata)
             return _error(exc, request_id, body or await _peek_body(request), metadata)
@@ -214,7 +241,22 @@ class ProxyHandler:
             outcome.status, outcome.error = 499, "client_disconnected"
             raise
         finally:
-            self._record(request, outcome, request_id, started)
+            self.record(incoming, outcome, request_id, started)
+
+    def describe(
+        self, incoming: Incoming, runtime: RouteRuntime, body: Body | None, outcome: Outcome
+    ) -> None:
+        """What the log and metrics call the request: its MCP method, and the calls it carries."""
+        if body is not None:
+            outcome.mcp_method = body.method
+            if runtime.records_calls:
+                outcome.calls = calls_in(body)
+        elif "Mcp-Method" in incoming.headers:
+            outcome.mcp_method = incoming.headers["Mcp-Method"][:64]
+
+    def rejected(self, exc: ProxyError, outcome: Outcome) -> None:
+        outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
+        self.metrics.rejections.inc(route=outcome.route, reason=exc.reason)
 
     # --- request side -----------------------------------------------------------------------
 
@@ -240,21 +282,24 @@ class ProxyHandler:
             return parse_strict(raw)
         return parse_body(raw, strict=runtime.reads_meta)
 
-    async def _forward(
+    async def prepare(
         self,
-        request: web.Request,
+        incoming: Incoming,
         runtime: RouteRuntime,
-        match: Match,
         body: Body | None,
         request_id: str,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> Prepared:
+        """Judge the request (credentials, verification, policy) and build what goes upstream.
+
+        Raises :class:`ProxyError` for a request that must not be forwarded.
+        """
         route = runtime.settings
-        check_credential_headers(request.headers, runtime.credential_names, self.max_credential)
+        check_credential_headers(incoming.headers, runtime.credential_names, self.max_credential)
         subject = None
         if route.auth.subject:
             view = RequestView(
-                request.headers, runtime.public_host or request.host, route.path, body, self.max_credential
+                incoming.headers, runtime.public_host or incoming.host, route.path, body, self.max_credential
             )
             subject = resolve_subject(route.auth.subject, view)
             if body is not None and strip_meta_credentials(body, route.auth.subject):
@@ -266,34 +311,53 @@ class ProxyHandler:
         list_filter = None
         if runtime.policy is not None:
             if body is not None:
-                check_routing_headers(body, request.headers)
+                check_routing_headers(body, incoming.headers)
                 enforce(runtime.policy, outcome.calls or (), identity, body)
                 lists = list_requests(body)
                 if lists:
                     list_filter = ListFilter.for_request(runtime.policy, identity, lists)
-            elif request.method == "GET":
+            elif incoming.method == "GET":
                 list_filter = ListFilter.for_stream(runtime.policy, identity)
         credential = runtime.credential
         if credential.needs_subject and subject is None:
-            credential = _fallback_for(runtime, request.method, body)
+            credential = _fallback_for(runtime, incoming.method, body)
             outcome.fallback = True
         headers = upstream_request_headers(
-            request.headers,
+            incoming.headers,
             runtime.allowed,
-            client_ip=request.remote or "",
-            scheme=request.scheme,
-            host=request.host,
+            client_ip=incoming.remote,
+            scheme=incoming.scheme,
+            host=incoming.host,
             request_id=request_id,
         )
-        if runtime.in_flight >= route.max_connections:
-            self.metrics.upstream_errors.inc(route=route.name, kind="limit")
+        return Prepared(headers, credential, subject, list_filter)
+
+    def admit(self, runtime: RouteRuntime) -> None:
+        """Count the request against its route's concurrency limit (release: ``in_flight -= 1``)."""
+        if runtime.in_flight >= runtime.settings.max_connections:
+            self.metrics.upstream_errors.inc(route=runtime.settings.name, kind="limit")
             raise ProxyError(
                 503, "too many concurrent requests for this route", reason="route_busy", retry_after=1
             )
         runtime.in_flight += 1
+
+    async def _forward(
+        self,
+        request: web.Request,
+        incoming: Incoming,
+        runtime: RouteRuntime,
+        match: Match,
+        body: Body | None,
+        request_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        prepared = await self.prepare(incoming, runtime, body, request_id, outcome)
+        self.admit(runtime)
         try:
-            upstream = await self._send(request, runtime, credential, match, headers, body, subject, outcome)
-            return await self._relay(request, runtime, match, upstream, request_id, outcome, list_filter)
+            upstream = await self._send(request, runtime, prepared, match, body, outcome)
+            return await self._relay(
+                request, incoming, runtime, match, upstream, request_id, outcome, prepared.list_filter
+            )
         finally:
             runtime.in_flight -= 1
 
@@ -301,14 +365,13 @@ class ProxyHandler:
         self,
         request: web.Request,
         runtime: RouteRuntime,
-        credential: UpstreamCredential,
+        prepared: Prepared,
         match: Match,
-        headers: CIMultiDict[str],
         body: Body | None,
-        subject: Subject | None,
         outcome: Outcome,
     ) -> aiohttp.ClientResponse:
         """Send upstream; on a 401 to an exchanged token, drop it and retry once with a fresh one."""
+        credential, headers, subject = prepared.credential, prepared.headers, prepared.subject
         replayable = body is not None or not request.body_exists
         for attempt in (1, 2):
             value = await credential.value(subject)
@@ -337,6 +400,7 @@ class ProxyHandler:
     async def _relay(
         self,
         request: web.Request,
+        incoming: Incoming,
         runtime: RouteRuntime,
         match: Match,
         upstream: aiohttp.ClientResponse,
@@ -350,7 +414,7 @@ class ProxyHandler:
             headers = downstream_response_headers(upstream.headers, relay_set_cookie=route.relay_set_cookie)
             headers[REQUEST_ID] = request_id
             if upstream.status == 401 or (upstream.status == 403 and "WWW-Authenticate" in headers):
-                self._point_challenge(headers, request, runtime)
+                self.point_challenge(headers, incoming, runtime)
             self.metrics.upstream_latency.observe(outcome.upstream_s or 0.0, route=route.name)
             is_sse = upstream.content_type == "text/event-stream"
             length = upstream.content_length
@@ -418,29 +482,27 @@ class ProxyHandler:
 
     # --- authorization discovery -----------------------------------------------------------
 
-    def metadata_url(self, request: web.Request, runtime: RouteRuntime) -> str | None:
+    def metadata_url(self, incoming: Incoming, runtime: RouteRuntime) -> str | None:
         """Where the route's protected resource metadata is, as the caller addresses the proxy."""
         if runtime.metadata_url is not None:
             return runtime.metadata_url
-        host = prm.safe_host(request.host)
+        host = prm.safe_host(incoming.host)
         if host is None:
             return None
-        return prm.metadata_url(prm.resource_url(runtime.settings, request.scheme, host))
+        return prm.metadata_url(prm.resource_url(runtime.settings, incoming.scheme, host))
 
-    def _point_challenge(
-        self, headers: CIMultiDict[str], request: web.Request, runtime: RouteRuntime
-    ) -> None:
+    def point_challenge(self, headers: CIMultiDict[str], incoming: Incoming, runtime: RouteRuntime) -> None:
         """An upstream's 401/403 challenge, pointed at the proxy's metadata for the route."""
         values = headers.getall("WWW-Authenticate", [])
         headers.popall("WWW-Authenticate", None)
-        headers["WWW-Authenticate"] = prm.rewrite_challenge(values, self.metadata_url(request, runtime))
+        headers["WWW-Authenticate"] = prm.rewrite_challenge(values, self.metadata_url(incoming, runtime))
 
     # --- logs and metrics -------------------------------------------------------------------
 
-    def _record(self, request: web.Request, outcome: Outcome, request_id: str, started: float) -> None:
+    def record(self, incoming: Incoming, outcome: Outcome, request_id: str, started: float) -> None:
         status = str(outcome.status)
         self.metrics.requests.inc(
-            route=outcome.route, http_method=request.method, mcp_method=outcome.mcp_method, status=status
+            route=outcome.route, http_method=incoming.method, mcp_method=outcome.mcp_method, status=status
         )
         if self.audit is not None and outcome.calls:
             self._audit(self.audit, outcome, request_id, time.monotonic() - started)
@@ -448,8 +510,8 @@ class ProxyHandler:
             return
         fields: dict[str, Any] = {
             "route": outcome.route,
-            "method": request.method,
-            "path": request.path[:256],
+            "method": incoming.method,
+            "path": incoming.path[:256],
             "mcp_method": outcome.mcp_method,
             "status": outcome.status,
             "bytes": outcome.bytes_out,
@@ -672,8 +734,8 @@ def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match)
     return EndpointRewriter(lambda endpoint: rewrite_endpoint(endpoint, route.upstream, prefix))
 
 
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get(REQUEST_ID)
+def _request_id(headers: Headers) -> str:
+    given = headers.get(REQUEST_ID)
     if given and _REQUEST_ID_OK.match(given):
         return given
     return os.urandom(8).hex()
