@@ -91,6 +91,7 @@ def _server(sec: Section | None) -> ServerSettings:
         access_log=sec.flag("access_log", d.access_log),
         strip_headers=_header_names(sec, "strip_headers"),
         watch_config_s=sec.number("watch_config_s", d.watch_config_s, maximum=3600),
+        fast_path=sec.flag("fast_path", d.fast_path),
     )
     sec.finish()
     return settings

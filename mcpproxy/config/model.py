@@ -25,6 +25,9 @@ class ServerSettings:
     strip_headers: tuple[str, ...] = ()
     #: Seconds between checks of the config file for changes (0: reload on SIGHUP only).
     watch_config_s: float = 0.0
+    #: Serve the common request shape (POST/DELETE with a small body) on the raw-protocol relay
+    #: (:mod:`mcpproxy.web.relay`); off: every request goes through aiohttp's server and client.
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)

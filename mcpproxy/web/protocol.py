@@ -9,6 +9,7 @@ quotes nothing, and logs only the error's type.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -22,6 +23,8 @@ from aiohttp.web_server import Server
 
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST
 from mcpproxy.jsonrpc import error_body
+from mcpproxy.web.app import LIVE
+from mcpproxy.web.relay import CallerConnection, Relay
 
 log = structlog.get_logger("mcpproxy.http")
 
@@ -56,8 +59,28 @@ class ProxyRequestHandler(RequestHandler):
 
 
 class ProxyServer(Server):
+    """aiohttp's connection factory, with every connection starting on the relay."""
+
+    relay: Relay | None = None
+
     def __call__(self) -> RequestHandler:
+        if self.relay is not None:
+            return CallerConnection(self.relay)  # type: ignore[return-value]  # hands over to handler()
+        return self.handler()
+
+    def handler(self) -> RequestHandler:
         return ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        if self.relay is not None:
+            self.relay.close_idle()
+        super().pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        if self.relay is None:
+            await super().shutdown(timeout)
+            return
+        await asyncio.gather(self.relay.shutdown(timeout), super().shutdown(timeout))
 
 
 class ProxyRunner(web.AppRunner):
@@ -68,6 +91,8 @@ class ProxyRunner(web.AppRunner):
         # aiohttp builds the Server inside Application._make_handler; swapping the class keeps
         # its construction (and every argument it passes) aiohttp's own.
         server.__class__ = ProxyServer
+        assert isinstance(server, ProxyServer)
+        server.relay = Relay(self._app[LIVE], server.handler)
         server.request_handler = _origin_form_only(server.request_handler)
         return server
 

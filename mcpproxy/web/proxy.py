@@ -61,6 +61,7 @@ from mcpproxy.sse import EndpointRejected, EndpointRewriter
 from mcpproxy.upstream_auth import UpstreamCredential
 from mcpproxy.web.filtering import ListFilter, SseListFilter
 from mcpproxy.web.responses import batch_error_response, error_response
+from mcpproxy.web.upstream import Origin, UpstreamPool
 
 log = structlog.get_logger("mcpproxy.proxy")
 
@@ -79,6 +80,8 @@ class RouteRuntime:
     settings: RouteSettings
     credential: UpstreamCredential
     session: aiohttp.ClientSession
+    #: The relay's keep-alive connections to the upstream (:mod:`mcpproxy.web.relay`).
+    pool: UpstreamPool
     allowed: frozenset[str]
     credential_names: frozenset[str]
     in_flight: int = 0
@@ -124,6 +127,11 @@ class RouteRuntime:
             settings=route,
             credential=credential,
             session=session,
+            pool=UpstreamPool(
+                Origin(route.upstream),
+                connect_timeout=route.timeouts.connect,
+                idle_timeout=route.timeouts.idle,
+            ),
             allowed=route_allowlist(route.forward_headers, (*strip, *route.auth.strip_headers)),
             credential_names=credential_header_names(route.auth, strip),
             verifier=verifier,
@@ -137,6 +145,7 @@ class RouteRuntime:
         )
 
     async def close(self) -> None:
+        self.pool.close()
         await self.session.close()
 
 
@@ -179,6 +188,8 @@ class Outcome:
     identity: Identity | None = None
     calls: list[Call] | None = None
     fallback: bool = False
+    #: Which server layer answered: "relay" (mcpproxy.web.relay) or "aiohttp".
+    via: str = "aiohttp"
 
 
 class ProxyHandler:
@@ -207,7 +218,7 @@ class ProxyHandler:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        request_id = _request_id(request.headers)
+        request_id = request_id_of(request.headers)
         incoming = Incoming(
             request.method,
             request.path,
@@ -517,6 +528,7 @@ class ProxyHandler:
             "bytes": outcome.bytes_out,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             "request_id": request_id,
+            "via": outcome.via,
         }
         if outcome.upstream_s is not None:
             fields["upstream_ms"] = round(outcome.upstream_s * 1000, 3)
@@ -578,11 +590,11 @@ async def _request(
             method, url, headers=headers, data=data, allow_redirects=False, compress=None
         )
     except aiohttp.ClientConnectorError as exc:
-        raise _upstream_error(runtime, 502, "connect", "upstream unreachable", exc) from None
+        raise upstream_error(502, "connect", "upstream unreachable", exc) from None
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
+        raise upstream_error(504, "timeout", "upstream timed out", exc) from None
     except aiohttp.ClientError as exc:
-        raise _upstream_error(runtime, 502, "protocol", "upstream failed", exc) from None
+        raise upstream_error(502, "protocol", "upstream failed", exc) from None
 
 
 def _fallback_for(runtime: RouteRuntime, http_method: str, body: Body | None) -> UpstreamCredential:
@@ -606,14 +618,12 @@ async def _read_whole(runtime: RouteRuntime, upstream: aiohttp.ClientResponse) -
     try:
         return await upstream.read()
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise _upstream_error(runtime, 504, "timeout", "upstream timed out", exc) from None
+        raise upstream_error(504, "timeout", "upstream timed out", exc) from None
     except aiohttp.ClientError as exc:
-        raise _upstream_error(runtime, 502, "protocol", "upstream failed mid-response", exc) from None
+        raise upstream_error(502, "protocol", "upstream failed mid-response", exc) from None
 
 
-def _upstream_error(
-    runtime: RouteRuntime, status: int, kind: str, message: str, exc: BaseException
-) -> ProxyError:
+def upstream_error(status: int, kind: str, message: str, exc: BaseException) -> ProxyError:
     return ProxyError(
         status,
         message,
@@ -734,7 +744,7 @@ def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match)
     return EndpointRewriter(lambda endpoint: rewrite_endpoint(endpoint, route.upstream, prefix))
 
 
-def _request_id(headers: Headers) -> str:
+def request_id_of(headers: Headers) -> str:
     given = headers.get(REQUEST_ID)
     if given and _REQUEST_ID_OK.match(given):
         return given

@@ -1,0 +1,231 @@
+"""HTTP/1.1 message heads and body framing, as plain functions over bytes.
+
+The relay (:mod:`mcpproxy.web.relay`) serves the common request shape itself and hands every
+other request to aiohttp. So the request parser here accepts a deliberately narrow, strictly
+well-formed subset — origin-form target, ``HTTP/1.1``, one ``Host``, at most one
+``Content-Length``, no ``Transfer-Encoding``/``Expect``/``Upgrade``, visible-ASCII fields — and
+answers ``None`` for anything else, which aiohttp's full parser then judges. Nothing that is
+ambiguous on the wire (the stuff of request smuggling) is ever interpreted here.
+
+Response heads come from the route's own upstream; they are parsed leniently as to content but
+strictly as to framing, and a body is relayed with its framing unchanged: chunked bodies are
+scanned for their end, not decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from multidict import CIMultiDict
+
+#: One header block of well-formed fields: token ":" visible ASCII/SP/HTAB, CRLF-terminated.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*")
+#: An origin-form request target of visible ASCII.
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
+_DIGITS = re.compile(rb"[0-9]{1,15}")
+_DECIMAL = re.compile(r"[0-9]{1,15}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+#: Request methods the relay serves; the rest (GET streams, HEAD, OPTIONS...) go to aiohttp.
+RELAYED_METHODS = frozenset({b"POST", b"DELETE"})
+#: Request headers whose presence sends a request to aiohttp's full handling.
+_NOT_RELAYED = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
+#: Upper bound for an upstream's response head.
+MAX_RESPONSE_HEAD = 64 * 1024
+END_OF_HEAD = b"\r\n\r\n"
+
+
+class ProtocolViolation(Exception):
+    """An upstream response that is not valid HTTP/1.1 framing."""
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: str
+    target: str
+    headers: CIMultiDict[str]
+    host: str
+    content_length: int
+    keep_alive: bool
+
+
+def parse_request_head(block: bytes) -> RequestHead | None:
+    """The head of a request (``block`` ends with the blank line), or None when the relay must
+    not serve it: anything outside the strict subset described in the module docstring."""
+    line_end = block.find(b"\r\n")
+    request_line = block[:line_end]
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in RELAYED_METHODS:
+        return None
+    if _TARGET.fullmatch(parts[1]) is None:
+        return None
+    fields = block[line_end + 2 : -2]
+    if _FIELDS.fullmatch(fields) is None:
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in fields.decode("ascii").split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
+        headers.add(name, value.strip(" \t"))
+    return _request_head(parts[0].decode(), parts[1].decode(), headers)
+
+
+def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> RequestHead | None:
+    if any(name in headers for name in _NOT_RELAYED):
+        return None
+    hosts = headers.getall("Host", ())
+    lengths = headers.getall("Content-Length", ())
+    if len(hosts) != 1 or len(lengths) > 1:
+        return None
+    length = 0
+    if lengths:
+        if _DIGITS.fullmatch(lengths[0].encode()) is None:
+            return None
+        length = int(lengths[0])
+    return RequestHead(method, target, headers, hosts[0], length, "close" not in _connection(headers))
+
+
+def _connection(headers: CIMultiDict[str]) -> str:
+    """Every ``Connection`` field's options, lower-case (it is a list, possibly over several lines)."""
+    return ",".join(headers.getall("Connection", ())).lower()
+
+
+class Framing(Enum):
+    NONE = "none"  # no body (1xx, 204, 304)
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    CLOSE = "close"  # body ends when the upstream closes the connection
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: CIMultiDict[str]
+    framing: Framing
+    length: int
+    keep_alive: bool
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+def parse_response_head(block: bytes) -> ResponseHead:
+    """An upstream's response head (``block`` ends with the blank line)."""
+    try:
+        text = block[:-4].decode("latin-1")
+        status_line, *lines = text.split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not _DECIMAL.fullmatch(code):
+            raise ProtocolViolation("malformed status line")
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip() or "\n" in line or "\r" in line:
+                raise ProtocolViolation("malformed header field")
+            headers.add(name, value.strip(" \t"))
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise ProtocolViolation("undecodable head") from None
+    return _response_head(int(code), reason, headers, version == "HTTP/1.1")
+
+
+def _response_head(status: int, reason: str, headers: CIMultiDict[str], http11: bool) -> ResponseHead:
+    connection = _connection(headers)
+    keep_alive = ("close" not in connection) if http11 else ("keep-alive" in connection)
+    if status < 200 or status in (204, 304):
+        return ResponseHead(status, reason, headers, Framing.NONE, 0, keep_alive)
+    if "Transfer-Encoding" in headers:
+        codings = ",".join(headers.getall("Transfer-Encoding"))
+        if codings.rsplit(",", 1)[-1].strip().lower() != "chunked" or "Content-Length" in headers:
+            raise ProtocolViolation("unsupported or conflicting transfer coding")
+        return ResponseHead(status, reason, headers, Framing.CHUNKED, 0, keep_alive)
+    lengths = set(headers.getall("Content-Length", ()))
+    if len(lengths) > 1:
+        raise ProtocolViolation("conflicting Content-Length")
+    if lengths:
+        value = lengths.pop()
+        if not _DECIMAL.fullmatch(value):
+            raise ProtocolViolation("malformed Content-Length")
+        return ResponseHead(status, reason, headers, Framing.LENGTH, int(value), keep_alive)
+    return ResponseHead(status, reason, headers, Framing.CLOSE, 0, False)
+
+
+class ChunkScanner:
+    """Finds where a chunked body ends without decoding it (the bytes are relayed as they are).
+
+    ``feed`` returns how many bytes of ``data`` belong to the body; once ``done``, any rest
+    belongs to the next message on the connection.
+    """
+
+    _MAX_LINE = 4096
+
+    __slots__ = ("_line", "_remaining", "_state", "done")
+
+    def __init__(self) -> None:
+        self._state = 0  # 0: size line, 1: chunk data, 2: CRLF after data, 3: trailer section
+        self._remaining = 0
+        self._line = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        pos, end = 0, len(data)
+        while pos < end and not self.done:
+            if self._state == 1:
+                take = min(self._remaining, end - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state, self._remaining = 2, 2
+            elif self._state == 2:
+                take = min(self._remaining, end - pos)
+                expected = b"\r\n"[2 - self._remaining : 2 - self._remaining + take]
+                if data[pos : pos + take] != expected:
+                    raise ProtocolViolation("chunk not followed by CRLF")
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = 0
+            else:
+                pos = self._line_step(data, pos)
+        return pos
+
+    def _line_step(self, data: bytes, pos: int) -> int:
+        """Consume one size or trailer line (possibly split across reads)."""
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            self._line += data[pos:]
+            if len(self._line) > self._MAX_LINE:
+                raise ProtocolViolation("chunk line too long")
+            return len(data)
+        line = (self._line + data[pos:newline]).rstrip(b"\r")
+        self._line = b""
+        if len(line) > self._MAX_LINE:
+            raise ProtocolViolation("chunk line too long")
+        if self._state == 3:
+            if not line:
+                self.done = True
+        else:
+            size_text = line.split(b";", 1)[0].strip(b" \t")
+            if _HEX.fullmatch(size_text) is None:
+                raise ProtocolViolation("malformed chunk size")
+            size = int(size_text, 16)
+            if size == 0:
+                self._state = 3
+            else:
+                self._state, self._remaining = 1, size
+        return newline + 1
+
+
+def encode_head(start_line: str, headers: CIMultiDict[str]) -> bytes:
+    """A message head on the wire. Values must already be free of CR, LF and NUL."""
+    lines = [start_line]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def safe_value(value: str) -> bool:
+    """Whether ``value`` can be written as a header field value (no CR, LF or NUL)."""
+    return "\r" not in value and "\n" not in value and "\0" not in value

@@ -1,0 +1,298 @@
+"""Upstream HTTP/1.1 connections for the relay: a keep-alive pool per route, and a protocol that
+parses each response head and hands the body on, framing unchanged, as it arrives.
+
+No coroutine runs per chunk: bytes go from ``data_received`` straight to the response's
+:class:`ResponseSink` (the caller's connection), and reading pauses while the caller's socket
+is backed up, so a slow caller holds at most a transport buffer of a large answer in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+from mcpproxy.http1 import (
+    END_OF_HEAD,
+    MAX_RESPONSE_HEAD,
+    ChunkScanner,
+    Framing,
+    ProtocolViolation,
+    ResponseHead,
+    parse_response_head,
+)
+
+#: Idle upstream connections kept per route, and for how long.
+MAX_IDLE = 64
+KEEPALIVE_S = 30.0
+
+
+class UpstreamTimeout(Exception):
+    """The upstream was silent for longer than the route's idle timeout."""
+
+
+class ResponseSink(Protocol):
+    """Where an upstream response goes, as it arrives."""
+
+    def head(self, head: ResponseHead) -> None: ...
+
+    def body(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def fail(self, exc: Exception) -> None: ...
+
+
+class Origin:
+    """Where a route's upstream listens, and how its requests name it."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urlsplit(upstream_url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.host_header = parts.netloc.rpartition("@")[2]
+        self.prefix = f"{parts.scheme}://{parts.netloc}"
+
+    def target(self, url: str) -> str:
+        """The origin-form request target of ``url`` (which lies on this origin)."""
+        return url[len(self.prefix) :] or "/"
+
+
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
+
+
+class UpstreamPool:
+    """Keep-alive connections to one route's upstream (most recently used first)."""
+
+    def __init__(self, origin: Origin, *, connect_timeout: float, idle_timeout: float) -> None:
+        self.origin = origin
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._idle: list[UpstreamConnection] = []
+        self._closed = False
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, or a new one (raises OSError / TimeoutError / ssl.SSLError)."""
+        while self._idle:
+            conn = self._idle.pop()
+            conn.leave_pool()
+            if conn.usable:
+                return conn
+        loop = asyncio.get_running_loop()
+        origin = self.origin
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(self),
+                origin.host,
+                origin.port,
+                ssl=_tls_context() if origin.tls else None,
+                server_hostname=origin.host if origin.tls else None,
+            )
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self._closed or not conn.usable or len(self._idle) >= MAX_IDLE:
+            conn.close()
+            return
+        self._idle.append(conn)
+        conn.enter_pool(KEEPALIVE_S)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One upstream connection: one request at a time, its response relayed to a sink."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._sink: ResponseSink | None = None
+        self._buffer = b""
+        self._framing: Framing | None = None  # None: waiting for the response head
+        self._remaining = 0
+        self._scanner: ChunkScanner | None = None
+        self._keep_alive = False
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.reused = False
+        self._paused = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and self._sink is None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._pool.forget(self)
+        sink, self._sink = self._sink, None
+        if self.transport is not None:
+            self.transport = None
+        if sink is None:
+            return
+        if self._framing is Framing.CLOSE:
+            sink.end()
+        else:
+            sink.fail(ConnectionResetError("upstream closed the connection"))
+
+    def close(self) -> None:
+        self._sink = None
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection mid-exchange (the caller went away or gave up)."""
+        self._sink = None
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def enter_pool(self, keepalive_s: float) -> None:
+        self._timer = self._loop.call_later(keepalive_s, self.close)
+
+    def leave_pool(self) -> None:
+        self._cancel_timer()
+        self.reused = True
+
+    # --- one exchange -----------------------------------------------------------------------
+
+    def start(self, request: bytes, sink: ResponseSink) -> None:
+        """Send ``request`` (head and body) and relay its response to ``sink``."""
+        assert self.transport is not None
+        self._sink = sink
+        self._buffer = b""
+        self._framing = None
+        self._last_read = self._loop.time()
+        self._timer = self._loop.call_later(self._pool.idle_timeout, self._check_idle)
+        self.resume()
+        self.transport.write(request)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
+        if self._sink is None:
+            # Bytes outside any exchange: the connection is not in a state to be reused.
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            if self._framing is None:
+                self._head_data(data)
+            else:
+                self._body_data(data)
+        except ProtocolViolation as exc:
+            self._failed(exc)
+
+    def _head_data(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        end = buffer.find(END_OF_HEAD)
+        if end < 0:
+            if len(buffer) > MAX_RESPONSE_HEAD:
+                raise ProtocolViolation("response head too large")
+            self._buffer = buffer
+            return
+        self._buffer = b""
+        head = parse_response_head(buffer[: end + 4])
+        rest = buffer[end + 4 :]
+        if head.status < 200:  # an interim answer (103 Early Hints...): the real one follows
+            if head.status == 101:
+                raise ProtocolViolation("unexpected protocol switch")
+            if rest:
+                self._head_data(rest)
+            return
+        self._framing = head.framing
+        self._remaining = head.length
+        self._keep_alive = head.keep_alive
+        self._scanner = ChunkScanner() if head.framing is Framing.CHUNKED else None
+        sink = self._sink
+        assert sink is not None
+        sink.head(head)
+        if head.framing is Framing.NONE or (head.framing is Framing.LENGTH and head.length == 0):
+            self._finish(reusable=not rest)
+        elif rest and self._sink is not None:
+            self._body_data(rest)
+
+    def _body_data(self, data: bytes) -> None:
+        sink = self._sink
+        assert sink is not None
+        framing = self._framing
+        if framing is Framing.LENGTH:
+            if len(data) < self._remaining:
+                self._remaining -= len(data)
+                sink.body(data)
+                return
+            extra = len(data) > self._remaining
+            sink.body(data[: self._remaining] if extra else data)
+            self._remaining = 0
+            self._finish(reusable=not extra)
+        elif framing is Framing.CHUNKED:
+            assert self._scanner is not None
+            used = self._scanner.feed(data)
+            sink.body(data if used == len(data) else data[:used])
+            if self._scanner.done:
+                self._finish(reusable=used == len(data))
+        else:
+            sink.body(data)
+
+    def _finish(self, *, reusable: bool) -> None:
+        self._cancel_timer()
+        sink, self._sink = self._sink, None
+        if not (reusable and self._keep_alive) and self.transport is not None:
+            self.transport.close()
+        if sink is not None:
+            sink.end()
+
+    def _failed(self, exc: Exception) -> None:
+        sink = self._sink
+        self.abort()
+        if sink is not None:
+            sink.fail(exc)
+
+    # --- idle timeout -----------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        """One timer per idle period, not one per read: re-armed for what is left of it."""
+        left = self._last_read + self._pool.idle_timeout - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check_idle)
+            return
+        self._timer = None
+        self._failed(UpstreamTimeout())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
