@@ -41,9 +41,7 @@ Note = Callable[[str], None]
 
 
 class TokenCache(Protocol):
-    async def get_or_fetch(
-        self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note
-    ) -> Secret: ...
+    async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret: ...
 
     async def invalidate(self, key: bytes, rejected: Secret | None = None) -> None: ...
 
@@ -97,9 +95,7 @@ def _expiry(_key: bytes, entry: _Token | _Refusal, _now: float) -> float:
 
 
 class MemoryTokenCache:
-    def __init__(
-        self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._entries: TLRUCache[bytes, _Token | _Refusal] = TLRUCache(
             maxsize=max_entries, ttu=_expiry, timer=clock
@@ -109,9 +105,7 @@ class MemoryTokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_or_fetch(
-        self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note
-    ) -> Secret:
+    async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret:
         entry = self._entries.get(key)
         if isinstance(entry, _Token):
             note("hit")

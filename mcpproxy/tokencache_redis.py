@@ -81,9 +81,7 @@ class RedisTokenCache:
 
     # --- the TokenCache protocol -----------------------------------------------------------------
 
-    async def get_or_fetch(
-        self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note
-    ) -> Secret:
+    async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret:
         async def shared() -> Fresh:
             return await self._shared(key, fetch, negative_ttl, note)
 

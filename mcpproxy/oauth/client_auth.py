@@ -35,9 +35,7 @@ class ClientAuth:
         self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None
         if settings.auth_method == "private_key_jwt":
             assert settings.private_key is not None
-            key = serialization.load_pem_private_key(
-                settings.private_key.reveal().encode(), password=None
-            )
+            key = serialization.load_pem_private_key(settings.private_key.reveal().encode(), password=None)
             # The loader already refused other key types (config.exchange.signing_algorithm).
             assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
             self._key = key

@@ -28,9 +28,7 @@ from mcpproxy.secrets import Secret
 Kind = Literal["refused", "misconfigured", "unavailable"]
 
 #: Entra answers interaction_required when the user must satisfy a policy (MFA) first.
-CALLER_REFUSALS = frozenset(
-    {"invalid_grant", "invalid_token", "access_denied", "interaction_required"}
-)
+CALLER_REFUSALS = frozenset({"invalid_grant", "invalid_token", "access_denied", "interaction_required"})
 TRANSIENT = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 DEFAULT_RETRY_AFTER = 5
 MAX_RETRY_AFTER = 300
@@ -103,9 +101,7 @@ def classify_reply(what: str, reply: HttpReply, known: Iterable[Secret] = ()) ->
     elif code is None and reply.body:
         detail += f", body={scrub(reply.body.decode('utf-8', 'replace'), known, 120)!r}"
     if reply.status >= 500 or reply.status == 429 or code in TRANSIENT:
-        return TokenEndpointError(
-            "unavailable", detail, error=code, retry_after=retry_after(reply.headers)
-        )
+        return TokenEndpointError("unavailable", detail, error=code, retry_after=retry_after(reply.headers))
     if code in CALLER_REFUSALS or (code == "invalid_request" and _about_caller_token(description)):
         return TokenEndpointError("refused", detail, error=code)
     return TokenEndpointError("misconfigured", detail, error=code)
@@ -128,9 +124,7 @@ def _parse_error_body(body: bytes) -> tuple[str | None, str]:
 def _about_caller_token(description: str) -> bool:
     """``invalid_request`` blames the caller only when it is about the subject token / assertion
     itself, not about a parameter the proxy chose (its type) or forgot."""
-    return bool(_ABOUT_CALLER_TOKEN.search(description)) and not _ABOUT_REQUEST_SHAPE.search(
-        description
-    )
+    return bool(_ABOUT_CALLER_TOKEN.search(description)) and not _ABOUT_REQUEST_SHAPE.search(description)
 
 
 def retry_after(headers: Mapping[str, str]) -> int:

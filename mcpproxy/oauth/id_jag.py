@@ -43,9 +43,7 @@ class IdJagGrant:
             [subject],
         )
         ras = s.resource_as
-        redeem = jwt_bearer_form(
-            jag.token, resource=ras.resource, scope=ras.scope, extra=ras.extra_params
-        )
+        redeem = jwt_bearer_form(jag.token, resource=ras.resource, scope=ras.scope, extra=ras.extra_params)
         return await self.resource_as.request(
             "id_jag_redeem", redeem, access_token_response, [subject, jag.token]
         )

@@ -47,9 +47,7 @@ def access_token_response(
     if len(token) > MAX_TOKEN_CHARS or not _HEADER_SAFE.match(token):
         raise misconfigured(f"{what}: the access_token cannot be sent in an HTTP header")
     token_type = data.get("token_type")
-    if token_type is not None and (
-        not isinstance(token_type, str) or token_type.lower() not in token_types
-    ):
+    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() not in token_types):
         shown = token_type if isinstance(token_type, str) else type(token_type).__name__
         raise misconfigured(f"{what}: unusable token_type {shown[:40]!r}")
     issued_type = data.get("issued_token_type")
