@@ -7,6 +7,8 @@ so a future log call that forgets the rule still cannot print one.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import json
 import logging
@@ -44,17 +46,22 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
 class _AccessSink:
     stream: TextIO = sys.stderr
     enabled: bool = True
+    #: Lines of the current event-loop iteration, written together at its end.
+    pending: list[str] = []
 
 
 _ACCESS = _AccessSink()
+#: Past this many pending lines the batch is written at once.
+_MAX_PENDING = 256
 
 
 def access(fields: dict[str, Any]) -> None:
-    """Write one access line (event ``request``) straight to the log stream.
+    """Write one access line (event ``request``) to the log stream.
 
-    The access line is the one log line every request writes; going through structlog's
-    processor chain costs about 20 µs of CPU for it, this about 8. Same JSON shape, same
-    redaction check, same stream.
+    The access line is the one log line every request writes. Going through structlog's
+    processor chain cost about 20 µs of CPU for it, this about 8; and the lines of one
+    event-loop iteration go out in one write (one system call) instead of one each. Same JSON
+    shape, same redaction check, same stream.
     """
     if not _ACCESS.enabled:
         return
@@ -62,13 +69,34 @@ def access(fields: dict[str, Any]) -> None:
     fields["level"] = "info"
     fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     _redact(None, "info", fields)
-    _ACCESS.stream.write(_dumps(fields) + "\n")
-    _ACCESS.stream.flush()
+    pending = _ACCESS.pending
+    pending.append(_dumps(fields) + "\n")
+    if len(pending) >= _MAX_PENDING:
+        flush()
+    elif len(pending) == 1:
+        try:
+            asyncio.get_running_loop().call_soon(flush)
+        except RuntimeError:  # no loop (a tool, a test): write now
+            flush()
+
+
+def flush() -> None:
+    """Write the pending access lines (also run at exit)."""
+    pending = _ACCESS.pending
+    if pending:
+        text = "".join(pending)
+        pending.clear()
+        _ACCESS.stream.write(text)
+        _ACCESS.stream.flush()
+
+
+atexit.register(flush)
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every mcpproxy log line, and the stdlib ``aiohttp``/``asyncio`` ones, as JSON to ``stream``."""
     out = stream or sys.stderr
+    flush()
     numeric = logging.getLevelName(level.upper())
     _ACCESS.stream = out
     _ACCESS.enabled = numeric <= logging.INFO

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from mcpproxy.config.model import Config
 from mcpproxy.errors import ProxyError
 from mcpproxy.inbound import InboundAuth
 from mcpproxy.metrics import Registry
+from mcpproxy.requestid import new_request_id
 from mcpproxy.routing import RouteTable
 from mcpproxy.upstream_auth import TokenSource, UpstreamCredential
 from mcpproxy.web.proxy import ProxyHandler, RouteRuntime
@@ -235,7 +235,7 @@ async def _protected_resource_metadata(request: web.Request) -> web.Response:
     host = prm.safe_host(request.host)
     if runtime is None or (host is None and not runtime.settings.public_url):
         missing = ProxyError(404, "no protected resource at this path", reason="no_route")
-        return error_response(missing, os.urandom(8).hex())
+        return error_response(missing, new_request_id())
     resource = prm.resource_url(runtime.settings, request.scheme, host or "")
     return web.json_response(
         prm.document(runtime.settings, resource),

@@ -10,7 +10,6 @@ quotes nothing, and logs only the error's type.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +22,7 @@ from aiohttp.web_server import Server
 
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST
 from mcpproxy.jsonrpc import error_body
+from mcpproxy.requestid import new_request_id
 from mcpproxy.web.app import LIVE
 from mcpproxy.web.relay import CallerConnection, Relay
 
@@ -44,7 +44,7 @@ class ProxyRequestHandler(RequestHandler):
             log.warning("malformed_http_request", status=status, error=error)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; closing the connection")
-        request_id = os.urandom(8).hex()
+        request_id = new_request_id()
         code = JSONRPC_INTERNAL_ERROR if status >= 500 else JSONRPC_INVALID_REQUEST
         text = "internal proxy error" if status >= 500 else "malformed HTTP request"
         response = web.Response(
@@ -106,7 +106,7 @@ def _origin_form_only(
     async def guarded(request: BaseRequest) -> web.StreamResponse:
         if request.raw_path.startswith("/"):
             return await handler(request)
-        request_id = os.urandom(8).hex()
+        request_id = new_request_id()
         return web.Response(
             status=400,
             body=error_body(JSONRPC_INVALID_REQUEST, "request target must be a path", None, request_id),

@@ -9,7 +9,6 @@ for more data.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -56,6 +55,7 @@ from mcpproxy.policy import (
     list_requests,
     parse_strict,
 )
+from mcpproxy.requestid import new_request_id
 from mcpproxy.routing import Match, RouteTable, rewrite_endpoint
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 from mcpproxy.upstream_auth import UpstreamCredential
@@ -748,7 +748,7 @@ def request_id_of(headers: Headers) -> str:
     given = headers.get(REQUEST_ID)
     if given and _REQUEST_ID_OK.match(given):
         return given
-    return os.urandom(8).hex()
+    return new_request_id()
 
 
 def _error(exc: ProxyError, request_id: str, body: Body | None, metadata: str | None = None) -> web.Response:

@@ -147,6 +147,8 @@ class CallerConnection(asyncio.Protocol):
         if not self.busy:
             self._cancel_timer()
             self._next()
+            if not self.busy and self.transport is not None:
+                self._arm_keepalive()  # a head or body still arriving gets as long as an idle one
         elif len(self._buffer) > _MAX_PENDING and self.transport is not None:
             self.transport.pause_reading()
             self._paused_reading = True
@@ -167,23 +169,36 @@ class CallerConnection(asyncio.Protocol):
     # --- requests ---------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Serve the buffered request if the relay can, hand the connection over if not."""
+        """Serve the buffered request if the relay can, hand the connection over if not.
+
+        The decision is taken as early as the bytes allow: a head that cannot be one the relay
+        serves, or a body it would not take, goes to aiohttp at once (which answers a declared
+        oversized body with 413 before it arrives), so the relay never buffers more than a
+        head and a small body.
+        """
         buffer = self._buffer
         state = self._relay.live.current
-        max_head = state.config.server.max_header_bytes if state is not None else 0
+        if state is None or not state.config.server.fast_path or self._relay.closing:
+            self._hand_over()
+            return
+        server = state.config.server
         end = buffer.find(END_OF_HEAD)
         if end < 0:
-            if len(buffer) > max_head:
+            if len(buffer) > server.max_header_bytes or not _may_be_relayed(buffer):
                 self._hand_over()
             return
         head_end = end + 4
-        head = parse_request_head(bytes(buffer[:head_end])) if head_end <= max_head else None
-        if head is None:
+        head = parse_request_head(bytes(buffer[:head_end])) if head_end <= server.max_header_bytes else None
+        if (
+            head is None
+            or head.content_length > min(SMALL_BODY, server.max_body_bytes)
+            or (head.method == "DELETE" and head.content_length)
+        ):
             self._hand_over()
             return
         if len(buffer) < head_end + head.content_length:
             return  # the body is still arriving
-        job = self._job(head, bytes(buffer[head_end : head_end + head.content_length]))
+        job = self._job(head, state.handler, bytes(buffer[head_end : head_end + head.content_length]))
         if job is None:
             self._hand_over()
             return
@@ -192,17 +207,9 @@ class CallerConnection(asyncio.Protocol):
         self._close_after = not head.keep_alive
         self._task = self._loop.create_task(self._serve(job))
 
-    def _job(self, head: RequestHead, raw: bytes) -> _Job | None:
+    def _job(self, head: RequestHead, handler: ProxyHandler, raw: bytes) -> _Job | None:
         """The request as the relay would serve it, or None when aiohttp must."""
-        if self._relay.closing or head.target.startswith(_OPERATIONAL):
-            return None
-        state = self._relay.live.current
-        if state is None or not state.config.server.fast_path:
-            return None
-        handler = state.handler
-        if head.content_length > min(SMALL_BODY, handler.max_body):
-            return None
-        if head.method == "DELETE" and head.content_length:
+        if head.target.startswith(_OPERATIONAL):
             return None
         try:
             match = handler.table.match(head.target)
@@ -251,7 +258,8 @@ class CallerConnection(asyncio.Protocol):
             self._write_error(exc, job, incoming, request_id)
             keep_alive = True
         except asyncio.CancelledError:
-            outcome.status, outcome.error = 499, "client_disconnected"
+            if outcome.error is None:  # not a stream the upstream cut (the proxy then cut the caller)
+                outcome.status, outcome.error = 499, "client_disconnected"
         except Exception as exc:  # a bug must cost one request, never the process
             log.error("internal_error", error=type(exc).__name__)
             outcome.status, outcome.error = 500, "internal_error"
@@ -371,7 +379,7 @@ class CallerConnection(asyncio.Protocol):
             transport.resume_reading()
         if self._buffer:
             self._next()
-        else:
+        if not self.busy and self.transport is not None:
             self._arm_keepalive()
 
     def _hand_over(self) -> None:
@@ -394,6 +402,7 @@ class CallerConnection(asyncio.Protocol):
     # --- keep-alive and shutdown ------------------------------------------------------------
 
     def _arm_keepalive(self) -> None:
+        self._cancel_timer()
         self._timer = self._loop.call_later(KEEPALIVE_S, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
@@ -413,6 +422,18 @@ class CallerConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _may_be_relayed(partial: bytearray) -> bool:
+    """Whether an incomplete head could still turn out to be one the relay serves."""
+    if partial.count(b"\n") != partial.count(b"\r\n"):
+        return False  # a bare LF: aiohttp's parser judges that
+    line_end = partial.find(b"\r\n")
+    if line_end < 0:
+        start = bytes(partial[:7])
+        return b"POST ".startswith(start[:5]) or b"DELETE ".startswith(start)
+    line = partial[:line_end]
+    return line.startswith((b"POST /", b"DELETE /")) and line.endswith(b" HTTP/1.1")
 
 
 _RETRY = object()

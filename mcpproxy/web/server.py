@@ -17,6 +17,7 @@ import time
 import structlog
 from aiohttp import web
 
+from mcpproxy import logs
 from mcpproxy.config import ConfigError, load_config
 from mcpproxy.config.model import Config
 from mcpproxy.web.app import LIVE, apply_config, build_app
@@ -87,6 +88,7 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
     # cancels what is left and closes upstream pools.
     with contextlib.suppress(Exception):
         await runner.cleanup()
+    logs.flush()
     log.info("stopped")
     return 0
 

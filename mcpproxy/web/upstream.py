@@ -199,6 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
     def resume(self) -> None:
         if self.transport is not None and self._paused:
             self._paused = False
+            self._last_read = self._loop.time()
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -286,6 +287,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _check_idle(self) -> None:
         """One timer per idle period, not one per read: re-armed for what is left of it."""
         left = self._last_read + self._pool.idle_timeout - self._loop.time()
+        if self._paused:  # the caller is not reading: the upstream's silence is ours, not its
+            left = self._pool.idle_timeout
         if left > 0:
             self._timer = self._loop.call_later(left, self._check_idle)
             return
