@@ -20,8 +20,10 @@ from enum import Enum
 
 from multidict import CIMultiDict
 
-#: One header block of well-formed fields: token ":" visible ASCII/SP/HTAB, CRLF-terminated.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*")
+#: The bytes a header block may hold: HTAB, CR, LF, visible ASCII and SP (checked with
+#: ``bytes.translate``, which runs at memory speed where a regex over a 1 KB JWT took ~10 µs).
+_FIELD_BYTES = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F)])
+_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: An origin-form request target of visible ASCII.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _DIGITS = re.compile(rb"[0-9]{1,15}")
@@ -60,14 +62,30 @@ def parse_request_head(block: bytes) -> RequestHead | None:
         return None
     if _TARGET.fullmatch(parts[1]) is None:
         return None
-    fields = block[line_end + 2 : -2]
-    if _FIELDS.fullmatch(fields) is None:
+    headers = _fields(block[line_end + 2 : -4])
+    if headers is None:
         return None
-    headers: CIMultiDict[str] = CIMultiDict()
-    for line in fields.decode("ascii").split("\r\n")[:-1]:
-        name, _, value = line.partition(":")
-        headers.add(name, value.strip(" \t"))
     return _request_head(parts[0].decode(), parts[1].decode(), headers)
+
+
+def _fields(block: bytes) -> CIMultiDict[str] | None:
+    """Header fields (``block`` without its last CRLF), or None unless each is ``token ":" value``
+    of visible ASCII, SP and HTAB, and every line ends with CRLF."""
+    if not block:
+        return CIMultiDict()
+    if block.translate(None, _FIELD_BYTES):
+        return None
+    text = block.decode("ascii")
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        return None  # a bare CR or LF
+    pairs = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or _NAME.fullmatch(name) is None:
+            return None
+        pairs.append((name, value.strip(" \t")))
+    return CIMultiDict(pairs)
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> RequestHead | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Final
 
@@ -58,4 +57,4 @@ class Secret:
 
 def fingerprint(value: str) -> str:
     """First 12 hex digits of a keyed SHA-256: enough to tell tokens apart, useless to an attacker."""
-    return hmac.new(_FINGERPRINT_KEY, value.encode(), hashlib.sha256).hexdigest()[:12]
+    return hmac.digest(_FINGERPRINT_KEY, value.encode(), "sha256").hex()[:12]
