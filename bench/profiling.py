@@ -40,6 +40,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("mcpproxy: JSON-RPC body", ("mcpproxy/jsonrpc.py",)),
+    (
+        "mcpproxy: relay (web/relay.py, web/upstream.py, http1.py)",
+        ("mcpproxy/web/relay.py", "mcpproxy/web/upstream.py", "mcpproxy/http1.py"),
+    ),
     ("mcpproxy: handler (web/proxy.py, app.py)", ("mcpproxy/web/",)),
     ("mcpproxy: other", ("mcpproxy/",)),
     (
