@@ -132,7 +132,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self.reused = False
         self._paused = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -176,7 +175,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def leave_pool(self) -> None:
         self._cancel_timer()
-        self.reused = True
 
     # --- one exchange -----------------------------------------------------------------------
 
