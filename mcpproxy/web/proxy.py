@@ -144,6 +144,12 @@ class RouteRuntime:
             reads_meta=route.auth.reads_body,
         )
 
+    def parse(self, raw: bytes) -> Body:
+        """A POST body read whole: strictly JSON-RPC where a policy or ``_meta`` needs it."""
+        if self.policy is not None:
+            return parse_strict(raw)
+        return parse_body(raw, strict=self.reads_meta)
+
     async def close(self) -> None:
         self.pool.close()
         await self.session.close()
@@ -244,10 +250,7 @@ class ProxyHandler:
             return response
         except ProxyError as exc:
             self.rejected(exc, outcome)
-            metadata = self.metadata_url(incoming, runtime) if runtime and exc.www_authenticate else None
-            if isinstance(exc, PolicyDenied) and exc.batch_ids:
-                return batch_error_response(exc, request_id, exc.batch_ids, metadata)
-            return _error(exc, request_id, body or await _peek_body(request), metadata)
+            return self.error_response(exc, incoming, runtime, request_id, body or await _peek_body(request))
         except asyncio.CancelledError:
             outcome.status, outcome.error = 499, "client_disconnected"
             raise
@@ -264,6 +267,21 @@ class ProxyHandler:
                 outcome.calls = calls_in(body)
         elif "Mcp-Method" in incoming.headers:
             outcome.mcp_method = incoming.headers["Mcp-Method"][:64]
+
+    def error_response(
+        self,
+        exc: ProxyError,
+        incoming: Incoming,
+        runtime: RouteRuntime | None,
+        request_id: str,
+        body: Body | None,
+    ) -> web.Response:
+        """The proxy's answer to a refused request (one JSON-RPC error per request of a batch
+        refused whole), its challenge pointing at the route's metadata."""
+        metadata = self.metadata_url(incoming, runtime) if runtime and exc.www_authenticate else None
+        if isinstance(exc, PolicyDenied) and exc.batch_ids:
+            return batch_error_response(exc, request_id, exc.batch_ids, metadata)
+        return error_response(exc, request_id, body.first_id if body else None, metadata)
 
     def rejected(self, exc: ProxyError, outcome: Outcome) -> None:
         outcome.status, outcome.error, outcome.detail = exc.status, exc.reason, exc.detail
@@ -288,10 +306,7 @@ class ProxyHandler:
             raise _too_large(self.max_body)
         if not runtime.needs_body and (length is None or length > SMALL_BODY):
             return None
-        raw = await _read_limited(request, self.max_body)
-        if runtime.policy is not None:
-            return parse_strict(raw)
-        return parse_body(raw, strict=runtime.reads_meta)
+        return runtime.parse(await _read_limited(request, self.max_body))
 
     async def prepare(
         self,
@@ -422,10 +437,7 @@ class ProxyHandler:
         route = runtime.settings
         try:
             outcome.upstream_status = upstream.status
-            headers = downstream_response_headers(upstream.headers, relay_set_cookie=route.relay_set_cookie)
-            headers[REQUEST_ID] = request_id
-            if upstream.status == 401 or (upstream.status == 403 and "WWW-Authenticate" in headers):
-                self.point_challenge(headers, incoming, runtime)
+            headers = self.answer_headers(upstream.headers, upstream.status, incoming, runtime, request_id)
             self.metrics.upstream_latency.observe(outcome.upstream_s or 0.0, route=route.name)
             is_sse = upstream.content_type == "text/event-stream"
             length = upstream.content_length
@@ -502,7 +514,17 @@ class ProxyHandler:
             return None
         return prm.metadata_url(prm.resource_url(runtime.settings, incoming.scheme, host))
 
-    def point_challenge(self, headers: CIMultiDict[str], incoming: Incoming, runtime: RouteRuntime) -> None:
+    def answer_headers(
+        self, upstream: Headers, status: int, incoming: Incoming, runtime: RouteRuntime, request_id: str
+    ) -> CIMultiDict[str]:
+        """The upstream answer's headers as relayed to the caller."""
+        headers = downstream_response_headers(upstream, relay_set_cookie=runtime.settings.relay_set_cookie)
+        headers[REQUEST_ID] = request_id
+        if status == 401 or (status == 403 and "WWW-Authenticate" in headers):
+            self._point_challenge(headers, incoming, runtime)
+        return headers
+
+    def _point_challenge(self, headers: CIMultiDict[str], incoming: Incoming, runtime: RouteRuntime) -> None:
         """An upstream's 401/403 challenge, pointed at the proxy's metadata for the route."""
         values = headers.getall("WWW-Authenticate", [])
         headers.popall("WWW-Authenticate", None)
@@ -749,7 +771,3 @@ def request_id_of(headers: Headers) -> str:
     if given and _REQUEST_ID_OK.match(given):
         return given
     return new_request_id()
-
-
-def _error(exc: ProxyError, request_id: str, body: Body | None, metadata: str | None = None) -> web.Response:
-    return error_response(exc, request_id, body.first_id if body else None, metadata)

@@ -26,7 +26,6 @@ from multidict import CIMultiDict
 
 from mcpproxy import prm
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
-from mcpproxy.headers import REQUEST_ID, downstream_response_headers
 from mcpproxy.http1 import (
     END_OF_HEAD,
     Framing,
@@ -36,8 +35,8 @@ from mcpproxy.http1 import (
     parse_request_head,
     safe_value,
 )
-from mcpproxy.jsonrpc import Body, parse_body
-from mcpproxy.policy import PolicyDenied, list_requests, parse_strict
+from mcpproxy.jsonrpc import Body
+from mcpproxy.policy import list_requests
 from mcpproxy.routing import Match
 from mcpproxy.web.proxy import (
     SMALL_BODY,
@@ -49,7 +48,6 @@ from mcpproxy.web.proxy import (
     request_id_of,
     upstream_error,
 )
-from mcpproxy.web.responses import batch_error_response, error_response
 from mcpproxy.web.upstream import UpstreamConnection, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -220,18 +218,12 @@ class CallerConnection(asyncio.Protocol):
         job = _Job(head, handler, match, handler.runtimes[match.route.name])
         if head.content_length:
             try:
-                job.body = self._parse(job.runtime, raw)
+                job.body = job.runtime.parse(raw)
             except ProxyError as exc:
                 job.error = exc
             if job.body is not None and job.runtime.policy is not None and list_requests(job.body):
                 return None  # its answer is filtered: aiohttp's path does that
         return job
-
-    @staticmethod
-    def _parse(runtime: RouteRuntime, raw: bytes) -> Body:
-        if runtime.policy is not None:
-            return parse_strict(raw)
-        return parse_body(raw, strict=runtime.reads_meta)
 
     async def _serve(self, job: _Job) -> None:
         started = time.monotonic()
@@ -340,12 +332,7 @@ class CallerConnection(asyncio.Protocol):
             raise upstream_error(502, "connect", "upstream unreachable", exc) from None
 
     def _write_error(self, exc: ProxyError, job: _Job, incoming: Incoming, request_id: str) -> None:
-        handler = job.handler
-        metadata = handler.metadata_url(incoming, job.runtime) if exc.www_authenticate else None
-        if isinstance(exc, PolicyDenied) and exc.batch_ids:
-            response = batch_error_response(exc, request_id, exc.batch_ids, metadata)
-        else:
-            response = error_response(exc, request_id, job.body.first_id if job.body else None, metadata)
+        response = job.handler.error_response(exc, incoming, job.runtime, request_id, job.body)
         assert isinstance(response.body, bytes)
         headers = CIMultiDict(response.headers)
         headers["Content-Length"] = str(len(response.body))
@@ -496,11 +483,9 @@ class _Exchange:
             self._resolve(_RETRY)
             return
         route = runtime.settings
-        headers = downstream_response_headers(head.headers, relay_set_cookie=route.relay_set_cookie)
-        headers[REQUEST_ID] = self._request_id
-        if head.status == 401 or (head.status == 403 and "WWW-Authenticate" in headers):
-            self._job.handler.point_challenge(headers, self._incoming, runtime)
-        self._job.handler.metrics.upstream_latency.observe(outcome.upstream_s, route=route.name)
+        handler = self._job.handler
+        headers = handler.answer_headers(head.headers, head.status, self._incoming, runtime, self._request_id)
+        handler.metrics.upstream_latency.observe(outcome.upstream_s, route=route.name)
         if head.framing is Framing.LENGTH:
             headers["Content-Length"] = str(head.length)
         elif head.framing is not Framing.NONE:
