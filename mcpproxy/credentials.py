@@ -9,8 +9,7 @@ value names the subject's origin in logs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcpproxy.config.model import (
     AuthorizationSource,
@@ -33,14 +32,14 @@ from mcpproxy.providerdata import (
 from mcpproxy.secrets import Secret
 
 
-@dataclass(frozen=True)
-class Subject:
+class Subject(NamedTuple):
+    """The caller's credential and where it was found (a tuple: built on every request)."""
+
     token: Secret
     source: str
 
 
-@dataclass(frozen=True)
-class RequestView:
+class RequestView(NamedTuple):
     """What credential resolution looks at: headers, the route's public host and path, the body."""
 
     headers: Headers
@@ -68,7 +67,7 @@ def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes:
         if lower in seen and lower != "cookie":
             raise bad_request(f"{name} sent more than once", reason="duplicate_credentials")
         seen.add(lower)
-        if any(c in value for c in "\r\n\0"):
+        if "\r" in value or "\n" in value or "\0" in value:
             raise bad_request(f"{name} contains a control character", reason="malformed_credential")
         if len(value) > max_bytes:
             raise bad_request(f"{name} is too long", reason="malformed_credential")
@@ -77,17 +76,17 @@ def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes:
 def resolve_subject(sources: tuple[SubjectSource, ...], view: RequestView) -> Subject | None:
     found: list[tuple[str, str]] = []
     for source in sources:
+        label = _label(source)
         for value in _read(source, view):
-            found.append((_label(source), _clean(value, _label(source), view.max_bytes)))
+            found.append((label, _clean(value, label, view.max_bytes)))
     if not found:
         return None
-    distinct = {value for _, value in found}
-    if len(distinct) > 1:
+    label, value = found[0]
+    if any(other != value for _, other in found[1:]):
         labels = sorted({label for label, _ in found})
         raise bad_request(
             "conflicting credentials from " + ", ".join(labels), reason="conflicting_credentials"
         )
-    label, value = found[0]
     return Subject(Secret(value), label)
 
 
@@ -174,14 +173,23 @@ def _clean(value: str, label: str, max_bytes: int) -> str:
         raise bad_request(f"empty credential in {label}", reason="malformed_credential")
     if len(value) > max_bytes:
         raise bad_request(f"credential in {label} is too long", reason="malformed_credential")
-    # isprintable() is False for every control and separator character except the ASCII space;
-    # three times faster than a regular expression over a ~1 KB token, on every request.
-    if " " in value or not value.isprintable():
+    if not _visible(value):
         raise bad_request(
             f"credential in {label} contains whitespace or control characters",
             reason="malformed_credential",
         )
     return value
+
+
+_VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+
+
+def _visible(value: str) -> bool:
+    """No space, control or separator character. An ASCII token (nearly all) is checked with
+    ``bytes.translate`` (a third of ``isprintable``'s time over a ~1 KB JWT, on every request)."""
+    if value.isascii():
+        return not value.encode().translate(None, _VISIBLE_ASCII)
+    return " " not in value and value.isprintable()
 
 
 def _label(source: SubjectSource) -> str:

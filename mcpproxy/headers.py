@@ -69,6 +69,8 @@ MCP_REQUEST_HEADERS = frozenset(
 #: Response headers the proxy sets itself or must not relay as they came.
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
 
+_RESPONSE_DROP_COOKIES = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
+
 REQUEST_ID = "X-Request-Id"
 
 
@@ -119,9 +121,9 @@ def downstream_response_headers(
     upstream: Headers, *, relay_set_cookie: bool, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """Headers relayed to the caller: hop-by-hop and Connection-named ones removed."""
-    removed = RESPONSE_DROP | connection_named(upstream) | {d.lower() for d in drop}
-    if not relay_set_cookie:
-        removed = removed | {"set-cookie", "set-cookie2"}
+    removed = RESPONSE_DROP if relay_set_cookie else _RESPONSE_DROP_COOKIES
+    if drop or "Connection" in upstream:
+        removed = removed | connection_named(upstream) | {d.lower() for d in drop}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in removed:

@@ -61,7 +61,7 @@ def check_target(path: str) -> None:
     for i, segment in enumerate(segments):
         if segment == "" and i != len(segments) - 1:
             raise _escape("request path contains an empty segment")
-        if unquote(segment) in (".", ".."):
+        if segment in (".", "..") or ("%" in segment and unquote(segment) in (".", "..")):
             raise _escape("request path contains a dot segment")
 
 
