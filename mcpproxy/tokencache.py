@@ -15,11 +15,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
-
-from cachetools import TLRUCache
 
 from mcpproxy.errors import ProxyError
 from mcpproxy.secrets import Secret
@@ -42,6 +41,11 @@ Note = Callable[[str], None]
 
 class TokenCache(Protocol):
     async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret: ...
+
+    def peek(self, key: bytes, note: Note) -> Secret | None:
+        """The cached token, without waiting: None when only ``get_or_fetch`` can tell.
+        Raises the remembered refusal of a negative entry."""
+        ...
 
     async def invalidate(self, key: bytes, rejected: Secret | None = None) -> None: ...
 
@@ -69,13 +73,26 @@ def _canonical(value: object) -> object:
 
 def cache_key(settings: bytes, subject: Secret | None, actor: Secret | None) -> bytes:
     """SHA-256 over length-prefixed parts, so no two different inputs share a key."""
-    h = hashlib.sha256(_KEY_DOMAIN)
-    for part in (settings, subject, actor):
-        data = b"" if part is None else part if isinstance(part, bytes) else part.reveal().encode()
-        h.update(b"-" if part is None else b"+")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.digest()
+    return key_hasher(settings)(subject, actor)
+
+
+def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], bytes]:
+    """:func:`cache_key` for one route's settings, their part of the hash input prepared once
+    (the lookup runs on every request of an exchange route)."""
+    prefix = _KEY_DOMAIN + _part(settings)
+
+    def key(subject: Secret | None, actor: Secret | None) -> bytes:
+        return hashlib.sha256(b"".join((prefix, _secret_part(subject), _secret_part(actor)))).digest()
+
+    return key
+
+
+def _secret_part(secret: Secret | None) -> bytes:
+    return b"-" + bytes(8) if secret is None else _part(secret.reveal().encode())
+
+
+def _part(data: bytes) -> bytes:
+    return b"+" + len(data).to_bytes(8, "big") + data
 
 
 @dataclass(frozen=True)
@@ -90,22 +107,57 @@ class _Refusal:
     expires_at: float
 
 
-def _expiry(_key: bytes, entry: _Token | _Refusal, _now: float) -> float:
-    return entry.expires_at
+class _Entries:
+    """Bounded entries, each gone at its ``expires_at``; when full, expired ones make room
+    first, then the least recently used. (cachetools' TLRUCache does the same; its lookup
+    cost seven times this one's, on every request of an exchange route.)"""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._data: OrderedDict[bytes, _Token | _Refusal] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes) -> _Token | _Refusal | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return entry
+
+    def __setitem__(self, key: bytes, entry: _Token | _Refusal) -> None:
+        data = self._data
+        data[key] = entry
+        data.move_to_end(key)
+        if len(data) > self._max:
+            now = self._clock()
+            for stale in [k for k, e in data.items() if e.expires_at <= now]:
+                del data[stale]
+            while len(data) > self._max:
+                data.popitem(last=False)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self._data[key]
+
+    def clear(self) -> None:
+        self._data.clear()
 
 
 class MemoryTokenCache:
     def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._entries: TLRUCache[bytes, _Token | _Refusal] = TLRUCache(
-            maxsize=max_entries, ttu=_expiry, timer=clock
-        )
+        self._entries = _Entries(max_entries, clock)
         self._inflight: dict[bytes, asyncio.Task[Secret]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret:
+    def peek(self, key: bytes, note: Note) -> Secret | None:
         entry = self._entries.get(key)
         if isinstance(entry, _Token):
             note("hit")
@@ -113,6 +165,12 @@ class MemoryTokenCache:
         if isinstance(entry, _Refusal):
             note("negative")
             raise dataclasses.replace(entry.error)
+        return None
+
+    async def get_or_fetch(self, key: bytes, fetch: Fetch, *, negative_ttl: float, note: Note) -> Secret:
+        token = self.peek(key, note)
+        if token is not None:
+            return token
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._fill(key, fetch, negative_ttl))

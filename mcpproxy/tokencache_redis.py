@@ -87,6 +87,9 @@ class RedisTokenCache:
 
         return await self.memory.get_or_fetch(key, shared, negative_ttl=negative_ttl, note=note)
 
+    def peek(self, key: bytes, note: Note) -> Secret | None:
+        return self.memory.peek(key, note)
+
     async def invalidate(self, key: bytes, rejected: Secret | None = None) -> None:
         await self.memory.invalidate(key, rejected)
         if not self._usable():

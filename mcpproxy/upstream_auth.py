@@ -3,7 +3,8 @@ credential re-formatted, or a token obtained from an OAuth server for this upstr
 
 from __future__ import annotations
 
-from typing import Protocol
+from enum import Enum
+from typing import Final, Protocol
 
 from mcpproxy.config.model import (
     ExchangeUpstreamAuth,
@@ -16,8 +17,19 @@ from mcpproxy.errors import missing_credential
 from mcpproxy.secrets import Secret
 
 
+class Pending(Enum):
+    """A value that takes waiting to know."""
+
+    PENDING = "pending"
+
+
+PENDING: Final = Pending.PENDING
+
+
 class TokenSource(Protocol):
     """An OAuth-backed token provider for one route (see :mod:`mcpproxy.oauth`)."""
+
+    def peek(self, subject: Secret | None) -> Secret | None: ...
 
     async def get(self, subject: Secret | None) -> Secret: ...
 
@@ -44,15 +56,27 @@ class UpstreamCredential:
 
     async def value(self, subject: Subject | None) -> str | None:
         """The header value to send, revealed only here, right before it goes on the wire."""
+        if isinstance(self.rule, ExchangeUpstreamAuth):
+            assert self.tokens is not None
+            token = await self.tokens.get(subject.token if subject else None)
+            return self.rule.format.replace("{token}", token.reveal())
+        return self._value_now(subject)
+
+    def value_now(self, subject: Subject | None) -> str | Pending | None:
+        """:meth:`value` where it needs no waiting (a static or forwarded credential, a cached
+        token); :data:`PENDING` where only :meth:`value` can tell."""
+        if isinstance(self.rule, ExchangeUpstreamAuth):
+            assert self.tokens is not None
+            token = self.tokens.peek(subject.token if subject else None)
+            return PENDING if token is None else self.rule.format.replace("{token}", token.reveal())
+        return self._value_now(subject)
+
+    def _value_now(self, subject: Subject | None) -> str | None:
         rule = self.rule
         if isinstance(rule, StaticUpstreamAuth):
             return self._static
         if isinstance(rule, ForwardUpstreamAuth):
             return rule.format.replace("{token}", self._require(subject).token.reveal())
-        if isinstance(rule, ExchangeUpstreamAuth):
-            assert self.tokens is not None
-            token = await self.tokens.get(subject.token if subject else None)
-            return rule.format.replace("{token}", token.reveal())
         return None
 
     async def invalidate(self, subject: Subject | None, sent: str | None = None) -> None:

@@ -226,6 +226,29 @@ async def test_bounded_entries() -> None:
     assert len(cache) == 3
 
 
+async def test_full_cache_drops_expired_entries_first_then_the_least_recently_used() -> None:
+    clock = Clock()
+    cache = MemoryTokenCache(max_entries=3, clock=clock)
+    ttls = {b"old": 100.0, b"short": 1.0, b"used": 100.0, b"new": 100.0, b"newer": 100.0}
+
+    async def get(key: bytes) -> None:
+        async def fetch() -> Fresh:
+            return Fresh(Secret(key.decode()), ttls[key])
+
+        await cache.get_or_fetch(key, fetch, negative_ttl=5, note=noop)
+
+    for key in (b"old", b"short", b"used"):
+        await get(key)
+    clock.now += 2  # "short" has expired; "old" is the least recently used live entry
+    await get(b"new")
+    assert cache.peek(b"old", noop) is not None and cache.peek(b"short", noop) is None
+    await get(b"used")  # order of use now: new, old (peeked above), used
+    await get(b"newer")
+    assert cache.peek(b"new", noop) is None and cache.peek(b"old", noop) is not None
+    assert cache.peek(b"used", noop) is not None and cache.peek(b"newer", noop) is not None
+    assert len(cache) == 3
+
+
 async def test_invalidate_only_the_rejected_token() -> None:
     cache = MemoryTokenCache()
     served = iter(["t1", "t2"])

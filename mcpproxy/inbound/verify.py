@@ -120,6 +120,19 @@ class TokenVerifier:
 
     async def verify(self, subject: Subject | None) -> Identity:
         """The caller's identity, or a :class:`ProxyError` (401 / 403 / 503) with its challenge."""
+        identity = self.cached(subject)
+        if identity is not None:
+            return identity
+        assert subject is not None
+        token = subject.token.reveal()
+        identity = await self._verify(token)
+        if self._cache is not None:
+            self._cache[_digest(token)] = identity
+        return self._in_scope(identity)
+
+    def cached(self, subject: Subject | None) -> Identity | None:
+        """:meth:`verify` answered from the cache of verified tokens, without waiting; None when
+        the token still has to be verified."""
         if subject is None:
             raise ProxyError(
                 401,
@@ -128,13 +141,12 @@ class TokenVerifier:
                 www_authenticate=bearer_challenge(scope=self._scope_param),
                 reason="missing_token",
             )
-        token = subject.token.reveal()
-        digest = hashlib.sha256(token.encode()).digest() if self._cache is not None else b""
-        identity = self._cache.get(digest) if self._cache is not None else None
-        if identity is None:
-            identity = await self._verify(token)
-            if self._cache is not None:
-                self._cache[digest] = identity
+        if self._cache is None:
+            return None
+        identity = self._cache.get(_digest(subject.token.reveal()))
+        return None if identity is None else self._in_scope(identity)
+
+    def _in_scope(self, identity: Identity) -> Identity:
         if not self._required <= identity.scopes:
             raise ProxyError(
                 403,
@@ -184,6 +196,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise invalid_token(_describe(exc), detail=type(exc).__name__) from None
         return identity_of(claims)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _describe(exc: jwt.PyJWTError) -> str:

@@ -24,7 +24,7 @@ from mcpproxy.metrics import Registry
 from mcpproxy.oauth.errors import TokenEndpointError, to_proxy_error
 from mcpproxy.oauth.response import Issued
 from mcpproxy.secrets import Secret
-from mcpproxy.tokencache import Fresh, TokenCache, cache_key, settings_digest
+from mcpproxy.tokencache import Fresh, TokenCache, key_hasher, settings_digest
 
 log = structlog.get_logger("mcpproxy.oauth")
 
@@ -81,17 +81,22 @@ class TokenSource:
         self.needs_subject = needs_subject(settings)
         self._cache = cache
         self._metrics = metrics
-        self._digest = settings_digest(settings)
+        self._key = key_hasher(settings_digest(settings))
         self._wall = wall
         self._warned_no_expiry = False
 
+    def peek(self, subject: Secret | None) -> Secret | None:
+        """The cached token for ``subject`` without waiting; None when ``get`` has to."""
+        subject = self._subject(subject)
+        actor = self.actor.peek(None) if self.actor else None
+        if self.actor is not None and actor is None:
+            return None
+        return self._cache.peek(self._key(subject, actor), self._note)
+
     async def get(self, subject: Secret | None) -> Secret:
-        if not self.needs_subject:
-            subject = None
-        elif not subject:
-            raise missing_credential()
+        subject = self._subject(subject)
         actor = await self.actor.get(None) if self.actor else None
-        key = cache_key(self._digest, subject, actor)
+        key = self._key(subject, actor)
 
         async def fetch() -> Fresh:
             return await self._fetch(subject, actor)
@@ -99,6 +104,13 @@ class TokenSource:
         return await self._cache.get_or_fetch(
             key, fetch, negative_ttl=self.settings.timing.negative_ttl_s, note=self._note
         )
+
+    def _subject(self, subject: Secret | None) -> Secret | None:
+        if not self.needs_subject:
+            return None
+        if not subject:
+            raise missing_credential()
+        return subject
 
     def _note(self, result: str) -> None:
         self._metrics.cache.inc(route=self.route, result=result)
@@ -108,7 +120,7 @@ class TokenSource:
         if not self.needs_subject:
             subject = None
         actor = await self.actor.get(None) if self.actor else None
-        await self._cache.invalidate(cache_key(self._digest, subject, actor), rejected)
+        await self._cache.invalidate(self._key(subject, actor), rejected)
 
     async def _fetch(self, subject: Secret | None, actor: Secret | None) -> Fresh:
         self._note("miss")

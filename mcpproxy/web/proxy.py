@@ -178,7 +178,7 @@ class Prepared:
     list_filter: ListFilter | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What the access log line and the metrics say about one request."""
 
@@ -320,6 +320,16 @@ class ProxyHandler:
 
         Raises :class:`ProxyError` for a request that must not be forwarded.
         """
+        subject = self.subject_of(incoming, runtime, body, outcome)
+        if runtime.verifier is not None:
+            outcome.identity = await runtime.verifier.verify(subject)
+        return self.judge(incoming, runtime, body, request_id, outcome)
+
+    def subject_of(
+        self, incoming: Incoming, runtime: RouteRuntime, body: Body | None, outcome: Outcome
+    ) -> Subject | None:
+        """The caller's credential, after refusing smuggled, duplicate or conflicting ones (the
+        first step of :meth:`prepare`; the relay runs the steps itself, waiting only if it must)."""
         route = runtime.settings
         check_credential_headers(incoming.headers, runtime.credential_names, self.max_credential)
         subject = None
@@ -328,12 +338,22 @@ class ProxyHandler:
                 incoming.headers, runtime.public_host or incoming.host, route.path, body, self.max_credential
             )
             subject = resolve_subject(route.auth.subject, view)
-            if body is not None and strip_meta_credentials(body, route.auth.subject):
+            if body is not None and runtime.reads_meta and strip_meta_credentials(body, route.auth.subject):
                 body.raw = body.serialize()
         outcome.subject = subject
-        identity = None
-        if runtime.verifier is not None:
-            identity = outcome.identity = await runtime.verifier.verify(subject)
+        return subject
+
+    def judge(
+        self,
+        incoming: Incoming,
+        runtime: RouteRuntime,
+        body: Body | None,
+        request_id: str,
+        outcome: Outcome,
+    ) -> Prepared:
+        """The last step of :meth:`prepare`, once the subject and identity are known: policy,
+        the credential rule, the upstream headers."""
+        subject, identity = outcome.subject, outcome.identity
         list_filter = None
         if runtime.policy is not None:
             if body is not None:

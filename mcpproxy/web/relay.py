@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
@@ -38,6 +38,7 @@ from mcpproxy.http1 import (
 from mcpproxy.jsonrpc import Body
 from mcpproxy.policy import list_requests
 from mcpproxy.routing import Match
+from mcpproxy.upstream_auth import PENDING
 from mcpproxy.web.proxy import (
     SMALL_BODY,
     Incoming,
@@ -90,18 +91,53 @@ class Relay:
             conn.abort()
 
 
-class _Job:
-    """A request the relay serves: where it goes and what it carries."""
+class _Request:
+    """A request the relay serves, from its head to its access line."""
 
-    __slots__ = ("body", "error", "handler", "head", "match", "runtime")
+    __slots__ = (
+        "admitted",
+        "attempt",
+        "body",
+        "error",
+        "finished",
+        "handler",
+        "head",
+        "incoming",
+        "match",
+        "outcome",
+        "prepared",
+        "request_id",
+        "runtime",
+        "sent_value",
+        "started",
+    )
 
-    def __init__(self, head: RequestHead, handler: ProxyHandler, match: Match, runtime: RouteRuntime) -> None:
+    def __init__(
+        self, head: RequestHead, handler: ProxyHandler, match: Match, runtime: RouteRuntime, remote: str
+    ) -> None:
+        self.started = time.monotonic()
         self.head = head
         self.handler = handler
         self.match = match
         self.runtime = runtime
         self.body: Body | None = None
         self.error: ProxyError | None = None
+        self.request_id = request_id_of(head.headers)
+        self.incoming = Incoming(
+            head.method,
+            unquote(head.target.partition("?")[0]),
+            head.headers,
+            head.host,
+            remote,
+            "http",
+            head.content_length > 0,
+        )
+        self.outcome = Outcome(route=runtime.settings.name, via="relay")
+        self.prepared: Prepared | None = None
+        self.admitted = False
+        self.attempt = 1
+        self.sent_value: str | None = None
+        self.finished = False
 
 
 class CallerConnection(asyncio.Protocol):
@@ -114,6 +150,7 @@ class CallerConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._remote = ""
         self.busy = False
+        self._request: _Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._exchange: _Exchange | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -135,10 +172,12 @@ class CallerConnection(asyncio.Protocol):
         self._relay.connections.discard(self)
         self._cancel_timer()
         self.transport = None
+        if self._task is not None:
+            self._task.cancel()
         if self._exchange is not None:
             self._exchange.caller_gone()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self._request is not None:
+            self._gone(self._request)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -196,16 +235,18 @@ class CallerConnection(asyncio.Protocol):
             return
         if len(buffer) < head_end + head.content_length:
             return  # the body is still arriving
-        job = self._job(head, state.handler, bytes(buffer[head_end : head_end + head.content_length]))
-        if job is None:
+        request = self._admissible(
+            head, state.handler, bytes(buffer[head_end : head_end + head.content_length])
+        )
+        if request is None:
             self._hand_over()
             return
         del buffer[: head_end + head.content_length]
         self.busy = True
         self._close_after = not head.keep_alive
-        self._task = self._loop.create_task(self._serve(job))
+        self._begin(request)
 
-    def _job(self, head: RequestHead, handler: ProxyHandler, raw: bytes) -> _Job | None:
+    def _admissible(self, head: RequestHead, handler: ProxyHandler, raw: bytes) -> _Request | None:
         """The request as the relay would serve it, or None when aiohttp must."""
         if head.target.startswith(_OPERATIONAL):
             return None
@@ -215,105 +256,120 @@ class CallerConnection(asyncio.Protocol):
             return None
         if match is None:
             return None
-        job = _Job(head, handler, match, handler.runtimes[match.route.name])
+        request = _Request(head, handler, match, handler.runtimes[match.route.name], self._remote)
         if head.content_length:
             try:
-                job.body = job.runtime.parse(raw)
+                request.body = request.runtime.parse(raw)
             except ProxyError as exc:
-                job.error = exc
-            if job.body is not None and job.runtime.policy is not None and list_requests(job.body):
+                request.error = exc
+            body, policy = request.body, request.runtime.policy
+            if body is not None and policy is not None and list_requests(body):
                 return None  # its answer is filtered: aiohttp's path does that
-        return job
+        return request
 
-    async def _serve(self, job: _Job) -> None:
-        started = time.monotonic()
-        head, handler, runtime = job.head, job.handler, job.runtime
-        request_id = request_id_of(head.headers)
-        path = head.target.partition("?")[0]
-        incoming = Incoming(
-            head.method, unquote(path), head.headers, head.host, self._remote, "http", head.content_length > 0
-        )
-        outcome = Outcome(route=runtime.settings.name, via="relay")
-        keep_alive = False
+    # Serving a request is a chain of steps run in callbacks. A step that has to wait (a token
+    # not yet in the cache, a key not yet fetched, no idle upstream connection) continues in a
+    # task; the common request needs none, which saves creating and scheduling one per request.
+
+    def _begin(self, request: _Request) -> None:
+        self._request = request
+        handler, runtime, outcome = request.handler, request.runtime, request.outcome
         try:
-            if job.error is not None:
-                raise job.error
-            handler.describe(incoming, runtime, job.body, outcome)
-            prepared = await handler.prepare(incoming, runtime, job.body, request_id, outcome)
-            handler.admit(runtime)
-            try:
-                keep_alive = await self._forward(job, incoming, prepared, request_id, outcome)
-            finally:
-                runtime.in_flight -= 1
-        except ProxyError as exc:
-            handler.rejected(exc, outcome)
-            self._write_error(exc, job, incoming, request_id)
-            keep_alive = True
-        except asyncio.CancelledError:
-            if outcome.error is None:  # not a stream the upstream cut (the proxy then cut the caller)
-                outcome.status, outcome.error = 499, "client_disconnected"
-        except Exception as exc:  # a bug must cost one request, never the process
-            log.error("internal_error", error=type(exc).__name__)
-            outcome.status, outcome.error = 500, "internal_error"
-            self._write_error(
-                ProxyError(500, "internal proxy error", JSONRPC_INTERNAL_ERROR), job, incoming, request_id
-            )
-        finally:
-            handler.record(incoming, outcome, request_id, started)
-        self._answered(keep_alive)
+            if request.error is not None:
+                raise request.error
+            handler.describe(request.incoming, runtime, request.body, outcome)
+            subject = handler.subject_of(request.incoming, runtime, request.body, outcome)
+            if runtime.verifier is not None:
+                outcome.identity = runtime.verifier.cached(subject)
+                if outcome.identity is None:
+                    self._wait(request, self._verify_then_judge(request))
+                    return
+            self._judge(request)
+        except Exception as exc:
+            self.refuse(request, exc)
 
-    async def _forward(
-        self, job: _Job, incoming: Incoming, prepared: Prepared, request_id: str, outcome: Outcome
-    ) -> bool:
-        """Send upstream and relay the answer; on a 401 to an exchanged token, retry once with a
-        fresh one. Returns whether the caller's connection may serve another request."""
-        runtime = job.runtime
-        credential, headers = prepared.credential, prepared.headers
-        for attempt in (1, 2):
-            value = await credential.value(prepared.subject)
-            if value is not None and credential.header:
-                if not safe_value(value):
-                    raise ProxyError(
-                        502, "upstream credential unusable", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
-                    )
-                headers[credential.header] = value
-            request = self._upstream_request(job, headers)
-            conn = await self._connect(runtime)
-            exchange = _Exchange(
-                self,
-                job,
-                incoming,
-                conn,
-                request_id,
-                outcome,
-                retry=attempt == 1 and credential.retries_on_401,
-            )
-            self._exchange = exchange
-            try:
-                outcome.upstream_s = None
-                sent = time.monotonic()
-                exchange.sent = sent
-                conn.start(request, exchange)
-                result = await exchange.done
-            except asyncio.CancelledError:
-                conn.abort()
-                raise
-            finally:
-                self._exchange = None
-            if result is _RETRY:
-                log.info("upstream_401_retry", route=runtime.settings.name)
-                await credential.invalidate(prepared.subject, value)
-                continue
-            return result is _KEEP
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def _verify_then_judge(self, request: _Request) -> None:
+        assert request.runtime.verifier is not None
+        request.outcome.identity = await request.runtime.verifier.verify(request.outcome.subject)
+        self._judge(request)
 
-    def _upstream_request(self, job: _Job, headers: CIMultiDict[str]) -> bytes:
-        runtime, head = job.runtime, job.head
-        origin = runtime.pool.origin
-        start = (
-            f"{head.method} {origin.target(job.match.upstream_url)} HTTP/1.1\r\nHost: {origin.host_header}"
+    def _judge(self, request: _Request) -> None:
+        handler = request.handler
+        request.prepared = handler.judge(
+            request.incoming, request.runtime, request.body, request.request_id, request.outcome
         )
-        body = job.body.raw if job.body is not None else b""
+        handler.admit(request.runtime)
+        request.admitted = True
+        self._attempt(request)
+
+    def _attempt(self, request: _Request) -> None:
+        """Send the request upstream (again, after a 401 to an exchanged token)."""
+        prepared = request.prepared
+        assert prepared is not None
+        value = prepared.credential.value_now(prepared.subject)
+        if value is PENDING:
+            self._wait(request, self._credential_then_send(request))
+            return
+        self._send(request, value)
+
+    async def _credential_then_send(self, request: _Request) -> None:
+        prepared = request.prepared
+        assert prepared is not None
+        self._send(request, await prepared.credential.value(prepared.subject))
+
+    def _send(self, request: _Request, value: str | None) -> None:
+        data = self._upstream_request(request, value)
+        conn = request.runtime.pool.take()
+        if conn is None:
+            self._wait(request, self._connect_then_start(request, data))
+            return
+        self._start(request, conn, data)
+
+    async def _connect_then_start(self, request: _Request, data: bytes) -> None:
+        try:
+            conn = await request.runtime.pool.connect()
+        except TimeoutError as exc:
+            raise upstream_error(504, "timeout", "upstream timed out", exc) from None
+        except OSError as exc:
+            raise upstream_error(502, "connect", "upstream unreachable", exc) from None
+        self._start(request, conn, data)
+
+    def _start(self, request: _Request, conn: UpstreamConnection, data: bytes) -> None:
+        prepared = request.prepared
+        assert prepared is not None
+        retry = request.attempt == 1 and prepared.credential.retries_on_401
+        self._exchange = exchange = _Exchange(self, request, conn, retry=retry)
+        request.outcome.upstream_s = None
+        exchange.sent = time.monotonic()
+        conn.start(data, exchange)
+
+    def _wait(self, request: _Request, step: Coroutine[None, None, None]) -> None:
+        """Run a step that has to wait; the chain goes on from it."""
+        self._task = self._loop.create_task(self._waiting(request, step))
+
+    async def _waiting(self, request: _Request, step: Coroutine[None, None, None]) -> None:
+        try:
+            await step
+        except asyncio.CancelledError:
+            self._gone(request)
+        except Exception as exc:
+            self.refuse(request, exc)
+
+    def _upstream_request(self, request: _Request, value: str | None) -> bytes:
+        prepared = request.prepared
+        assert prepared is not None
+        credential, headers = prepared.credential, prepared.headers
+        request.sent_value = value
+        if value is not None and credential.header:
+            if not safe_value(value):
+                raise ProxyError(
+                    502, "upstream credential unusable", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
+                )
+            headers[credential.header] = value
+        head, origin = request.head, request.runtime.pool.origin
+        target = origin.target(request.match.upstream_url)
+        start = f"{head.method} {target} HTTP/1.1\r\nHost: {origin.host_header}"
+        body = request.body.raw if request.body is not None else b""
         if head.method == "POST" or body:
             headers["Content-Length"] = str(len(body))
         try:
@@ -323,16 +379,58 @@ class CallerConnection(asyncio.Protocol):
                 502, "upstream request cannot be encoded", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
             ) from None
 
-    async def _connect(self, runtime: RouteRuntime) -> UpstreamConnection:
-        try:
-            return await runtime.pool.acquire()
-        except TimeoutError as exc:
-            raise upstream_error(504, "timeout", "upstream timed out", exc) from None
-        except OSError as exc:
-            raise upstream_error(502, "connect", "upstream unreachable", exc) from None
+    # --- how a request ends -----------------------------------------------------------------
 
-    def _write_error(self, exc: ProxyError, job: _Job, incoming: Incoming, request_id: str) -> None:
-        response = job.handler.error_response(exc, incoming, job.runtime, request_id, job.body)
+    def retry(self, request: _Request) -> None:
+        """The upstream refused an exchanged token: drop it, and send once more with a fresh one."""
+        self._exchange = None
+        log.info("upstream_401_retry", route=request.runtime.settings.name)
+        self._wait(request, self._invalidate_then_retry(request))
+
+    async def _invalidate_then_retry(self, request: _Request) -> None:
+        prepared = request.prepared
+        assert prepared is not None
+        await prepared.credential.invalidate(prepared.subject, request.sent_value)
+        request.attempt = 2
+        self._attempt(request)
+
+    def complete(self, request: _Request, keep_alive: bool) -> None:
+        """The request is answered (or abandoned): count it, log it, serve the next one."""
+        if request.finished:
+            return
+        request.finished = True
+        self._request = self._exchange = self._task = None
+        if request.admitted:
+            request.runtime.in_flight -= 1
+        request.handler.record(request.incoming, request.outcome, request.request_id, request.started)
+        self._answered(keep_alive)
+
+    def refuse(self, request: _Request, exc: Exception) -> None:
+        """A request that will not be (or could not be) relayed gets the proxy's own answer."""
+        if request.finished:
+            return
+        if isinstance(exc, ProxyError):
+            request.handler.rejected(exc, request.outcome)
+            self._write_error(exc, request)
+            self.complete(request, True)
+            return
+        # a bug must cost one request, never the process
+        log.error("internal_error", error=type(exc).__name__)
+        request.outcome.status, request.outcome.error = 500, "internal_error"
+        self._write_error(ProxyError(500, "internal proxy error", JSONRPC_INTERNAL_ERROR), request)
+        self.complete(request, False)
+
+    def _gone(self, request: _Request) -> None:
+        """The caller went away before its answer was done."""
+        outcome = request.outcome
+        if not request.finished and outcome.error is None:
+            outcome.status, outcome.error = 499, "client_disconnected"
+        self.complete(request, False)
+
+    def _write_error(self, exc: ProxyError, request: _Request) -> None:
+        response = request.handler.error_response(
+            exc, request.incoming, request.runtime, request.request_id, request.body
+        )
         assert isinstance(response.body, bytes)
         headers = CIMultiDict(response.headers)
         headers["Content-Length"] = str(len(response.body))
@@ -354,7 +452,6 @@ class CallerConnection(asyncio.Protocol):
 
     def _answered(self, keep_alive: bool) -> None:
         self.busy = False
-        self._task = None
         transport = self.transport
         if transport is None:
             return
@@ -423,11 +520,6 @@ def _may_be_relayed(partial: bytearray) -> bool:
     return line.startswith((b"POST /", b"DELETE /")) and line.endswith(b" HTTP/1.1")
 
 
-_RETRY = object()
-_KEEP = object()
-_CLOSE = object()
-
-
 class _Exchange:
     """One upstream response on its way to the caller (the upstream connection's sink)."""
 
@@ -436,34 +528,19 @@ class _Exchange:
         "_chunked_out",
         "_conn",
         "_held",
-        "_incoming",
         "_is_sse",
-        "_job",
-        "_outcome",
-        "_request_id",
+        "_request",
         "_retry",
         "_started",
-        "done",
         "sent",
     )
 
     def __init__(
-        self,
-        caller: CallerConnection,
-        job: _Job,
-        incoming: Incoming,
-        conn: UpstreamConnection,
-        request_id: str,
-        outcome: Outcome,
-        *,
-        retry: bool,
+        self, caller: CallerConnection, request: _Request, conn: UpstreamConnection, *, retry: bool
     ) -> None:
         self._caller = caller
-        self._job = job
-        self._incoming = incoming
+        self._request = request
         self._conn = conn
-        self._request_id = request_id
-        self._outcome = outcome
         self._retry = retry
         self._started = False
         self._chunked_out = False
@@ -472,19 +549,20 @@ class _Exchange:
         #: connection) when the upstream fails before its end.
         self._held: list[bytes] | None = None
         self.sent = 0.0
-        self.done: asyncio.Future[object] = caller._loop.create_future()
 
     def head(self, head: ResponseHead) -> None:
-        outcome, runtime = self._outcome, self._job.runtime
+        request = self._request
+        outcome, runtime, handler = request.outcome, request.runtime, request.handler
         outcome.upstream_s = time.monotonic() - self.sent
         outcome.upstream_status = outcome.status = head.status
         if head.status == 401 and self._retry:
             self._conn.abort()
-            self._resolve(_RETRY)
+            self._caller.retry(request)
             return
         route = runtime.settings
-        handler = self._job.handler
-        headers = handler.answer_headers(head.headers, head.status, self._incoming, runtime, self._request_id)
+        headers = handler.answer_headers(
+            head.headers, head.status, request.incoming, runtime, request.request_id
+        )
         handler.metrics.upstream_latency.observe(outcome.upstream_s, route=route.name)
         if head.framing is Framing.LENGTH:
             headers["Content-Length"] = str(head.length)
@@ -493,7 +571,7 @@ class _Exchange:
             self._chunked_out = head.framing is Framing.CLOSE
         self._is_sse = head.content_type == "text/event-stream"
         if self._is_sse:
-            self._job.handler.metrics.open_streams.inc(route=route.name)
+            handler.metrics.open_streams.inc(route=route.name)
         encoded = self._caller.encode_head(head.status, head.reason, headers)
         if head.framing is Framing.LENGTH and head.length <= SMALL_BODY and not self._is_sse:
             self._held = [encoded]
@@ -504,7 +582,7 @@ class _Exchange:
             self._conn.pause()
 
     def body(self, data: bytes) -> None:
-        self._outcome.bytes_out += len(data)
+        self._request.outcome.bytes_out += len(data)
         if self._held is not None:
             self._held.append(data)
             return
@@ -518,25 +596,26 @@ class _Exchange:
         elif self._chunked_out:
             self._caller.write(b"0\r\n\r\n")
         self._finish()
-        self._job.runtime.pool.release(self._conn)
-        self._resolve(_KEEP)
+        self._request.runtime.pool.release(self._conn)
+        self._caller.complete(self._request, True)
 
     def fail(self, exc: Exception) -> None:
+        request = self._request
         if not self._started:
             if isinstance(exc, UpstreamTimeout):
                 error = upstream_error(504, "timeout", "upstream timed out", exc)
             else:
                 error = upstream_error(502, "protocol", "upstream failed", exc)
-            if not self.done.done():
-                self.done.set_exception(error)
+            self._caller.refuse(request, error)
             return
         # The answer has begun: the only honest signal left is a cut connection.
-        self._outcome.error = "upstream_stream_failed"
-        self._outcome.detail = type(exc).__name__
-        self._job.handler.metrics.upstream_errors.inc(route=self._outcome.route, kind="stream")
+        outcome = request.outcome
+        outcome.error = "upstream_stream_failed"
+        outcome.detail = type(exc).__name__
+        request.handler.metrics.upstream_errors.inc(route=outcome.route, kind="stream")
         self._finish()
         self._caller.abort()
-        self._resolve(_CLOSE)
+        self._caller.complete(request, False)
 
     def caller_gone(self) -> None:
         self._conn.abort()
@@ -551,11 +630,7 @@ class _Exchange:
     def _finish(self) -> None:
         if self._is_sse:
             self._is_sse = False
-            self._job.handler.metrics.open_streams.dec(route=self._job.runtime.settings.name)
-
-    def _resolve(self, result: object) -> None:
-        if not self.done.done():
-            self.done.set_result(result)
+            self._request.handler.metrics.open_streams.dec(route=self._request.runtime.settings.name)
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -80,13 +80,17 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._closed = False
 
-    async def acquire(self) -> UpstreamConnection:
-        """An idle connection, or a new one (raises OSError / TimeoutError / ssl.SSLError)."""
+    def take(self) -> UpstreamConnection | None:
+        """An idle connection, if there is one."""
         while self._idle:
             conn = self._idle.pop()
             conn.leave_pool()
             if conn.usable:
                 return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection (raises OSError / TimeoutError / ssl.SSLError)."""
         loop = asyncio.get_running_loop()
         origin = self.origin
         async with asyncio.timeout(self.connect_timeout):
