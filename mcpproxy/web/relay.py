@@ -50,6 +50,7 @@ from mcpproxy.web.proxy import (
     upstream_error,
 )
 from mcpproxy.web.upstream import UpstreamConnection, UpstreamTimeout
+from mcpproxy.web.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from mcpproxy.web.app import Live
@@ -153,7 +154,8 @@ class CallerConnection(asyncio.Protocol):
         self._request: _Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._exchange: _Exchange | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(self._loop, self._keepalive)
+        self._idle_since = self._loop.time()
         self._close_after = False
         self._paused_reading = False
         self.write_paused = False
@@ -166,11 +168,11 @@ class CallerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) else ""
         self._relay.connections.add(self)
-        self._arm_keepalive()
+        self._watchdog.within(KEEPALIVE_S)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._relay.connections.discard(self)
-        self._cancel_timer()
+        self._watchdog.cancel()
         self.transport = None
         if self._task is not None:
             self._task.cancel()
@@ -182,10 +184,9 @@ class CallerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if not self.busy:
-            self._cancel_timer()
             self._next()
-            if not self.busy and self.transport is not None:
-                self._arm_keepalive()  # a head or body still arriving gets as long as an idle one
+            if not self.busy:
+                self._idle_since = self._loop.time()  # a head or body still arriving: as long as idle
         elif len(self._buffer) > _MAX_PENDING and self.transport is not None:
             self.transport.pause_reading()
             self._paused_reading = True
@@ -463,8 +464,8 @@ class CallerConnection(asyncio.Protocol):
             transport.resume_reading()
         if self._buffer:
             self._next()
-        if not self.busy and self.transport is not None:
-            self._arm_keepalive()
+        if not self.busy:
+            self._idle_since = self._loop.time()
 
     def _hand_over(self) -> None:
         """Give the connection, with everything read so far, to aiohttp's request handler."""
@@ -472,7 +473,7 @@ class CallerConnection(asyncio.Protocol):
         if transport is None:
             return
         self._relay.connections.discard(self)
-        self._cancel_timer()
+        self._watchdog.cancel()
         protocol = self._relay.handover()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -485,19 +486,17 @@ class CallerConnection(asyncio.Protocol):
 
     # --- keep-alive and shutdown ------------------------------------------------------------
 
-    def _arm_keepalive(self) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(KEEPALIVE_S, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        self._timer = None
-        if not self.busy and self.transport is not None:
-            self.transport.close()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _keepalive(self) -> float | None:
+        """The watchdog's check: close a connection idle for ``KEEPALIVE_S``."""
+        if self.transport is None:
+            return None
+        if self.busy:
+            return KEEPALIVE_S
+        left = self._idle_since + KEEPALIVE_S - self._loop.time()
+        if left > 0:
+            return left
+        self.transport.close()
+        return None
 
     def close_when_idle(self) -> None:
         if not self.busy and self.transport is not None:

@@ -22,6 +22,7 @@ from mcpproxy.http1 import (
     ResponseHead,
     parse_response_head,
 )
+from mcpproxy.web.watchdog import Watchdog
 
 #: Idle upstream connections kept per route, and for how long.
 MAX_IDLE = 64
@@ -108,7 +109,7 @@ class UpstreamPool:
             conn.close()
             return
         self._idle.append(conn)
-        conn.enter_pool(KEEPALIVE_S)
+        conn.enter_pool()
 
     def forget(self, conn: UpstreamConnection) -> None:
         if conn in self._idle:
@@ -135,7 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._scanner: ChunkScanner | None = None
         self._keep_alive = False
         self._last_read = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(self._loop, self._due)
+        self._pooled_at: float | None = None
         self._paused = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._watchdog.cancel()
         self._pool.forget(self)
         sink, self._sink = self._sink, None
         if self.transport is not None:
@@ -163,22 +165,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._sink = None
-        self._cancel_timer()
+        self._watchdog.cancel()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         """Drop the connection mid-exchange (the caller went away or gave up)."""
         self._sink = None
-        self._cancel_timer()
+        self._watchdog.cancel()
         if self.transport is not None:
             self.transport.abort()
 
-    def enter_pool(self, keepalive_s: float) -> None:
-        self._timer = self._loop.call_later(keepalive_s, self.close)
+    def enter_pool(self) -> None:
+        self._pooled_at = self._loop.time()
+        self._watchdog.within(KEEPALIVE_S)
 
     def leave_pool(self) -> None:
-        self._cancel_timer()
+        self._pooled_at = None
 
     # --- one exchange -----------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffer = b""
         self._framing = None
         self._last_read = self._loop.time()
-        self._timer = self._loop.call_later(self._pool.idle_timeout, self._check_idle)
+        self._watchdog.within(self._pool.idle_timeout)
         self.resume()
         self.transport.write(request)
 
@@ -271,7 +274,6 @@ class UpstreamConnection(asyncio.Protocol):
             sink.body(data)
 
     def _finish(self, *, reusable: bool) -> None:
-        self._cancel_timer()
         sink, self._sink = self._sink, None
         if not (reusable and self._keep_alive) and self.transport is not None:
             self.transport.close()
@@ -284,20 +286,26 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.fail(exc)
 
-    # --- idle timeout -----------------------------------------------------------------------
+    # --- timeouts ---------------------------------------------------------------------------
 
-    def _check_idle(self) -> None:
-        """One timer per idle period, not one per read: re-armed for what is left of it."""
-        left = self._last_read + self._pool.idle_timeout - self._loop.time()
-        if self._paused:  # the caller is not reading: the upstream's silence is ours, not its
-            left = self._pool.idle_timeout
+    def _due(self) -> float | None:
+        """The watchdog's check: an idle pooled connection closes after ``KEEPALIVE_S``; an
+        upstream silent for the route's idle timeout fails its exchange, unless the caller is
+        the one not reading."""
+        if self.transport is None:
+            return None
+        now = self._loop.time()
+        idle = self._pool.idle_timeout
+        if self._pooled_at is not None:
+            left = self._pooled_at + KEEPALIVE_S - now
+            if left > 0:
+                return left
+            self.close()
+            return None
+        if self._sink is None or self._paused:
+            return idle
+        left = self._last_read + idle - now
         if left > 0:
-            self._timer = self._loop.call_later(left, self._check_idle)
-            return
-        self._timer = None
+            return left
         self._failed(UpstreamTimeout())
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        return None
