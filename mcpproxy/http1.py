@@ -206,7 +206,12 @@ class ChunkScanner:
         pos, end = 0, len(data)
         while pos < end and not self.done:
             if self._state == 1:
-                take = min(self._remaining, end - pos)
+                take = self._remaining
+                if take + 2 <= end - pos and data[pos + take : pos + take + 2] == b"\r\n":
+                    pos += take + 2  # the rest of the chunk and its CRLF are here: one step
+                    self._state = 0
+                    continue
+                take = min(take, end - pos)
                 pos += take
                 self._remaining -= take
                 if self._remaining == 0:
@@ -240,7 +245,8 @@ class ChunkScanner:
             if not line:
                 self.done = True
         else:
-            size_text = line.split(b";", 1)[0].strip(b" \t")
+            semicolon = line.find(b";")
+            size_text = (line if semicolon < 0 else line[:semicolon]).strip(b" \t")
             if _HEX.fullmatch(size_text) is None:
                 raise ProtocolViolation("malformed chunk size")
             size = int(size_text, 16)

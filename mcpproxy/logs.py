@@ -37,9 +37,18 @@ def _sensitive(key: str) -> bool:
     return key not in _ALLOWED_KEYS and _SENSITIVE_KEY.search(key) is not None
 
 
+#: Field names of the access line (none says it holds a credential): checked by a set lookup.
+_ACCESS_KEYS = frozenset(
+    {"route", "method", "path", "mcp_method", "status", "bytes", "duration_ms", "request_id", "via"}
+    | {"upstream_ms", "sub", "error", "detail", "event", "level", "timestamp"}
+)
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, Secret) or (value not in (None, "") and _sensitive(key)):
+        if isinstance(value, Secret) or (
+            key not in _ACCESS_KEYS and value not in (None, "") and _sensitive(key)
+        ):
             event[key] = "[redacted]"
     return event
 
