@@ -182,6 +182,20 @@ def write(
             )
     else:
         lines.append("- not measured (no exchange configuration running)")
+    lines += ["", "## The relay's Python path, in-process", ""]
+    if bench.python_path:
+        lines += [
+            "`bench/inproc.py`: the real relay and upstream protocol with in-memory transports, one "
+            "process, configurations interleaved (CPU µs per request; no sockets, no event loop, so "
+            "neither the kernel's share nor the VM's run-to-run noise is in these):",
+            "",
+            "| config | median | min |",
+            "|---|---|---|",
+        ]
+        for name, v in bench.python_path.items():
+            lines.append(f"| `{name}` | {v['median_us']:.1f} | {v['min_us']:.1f} |")
+    else:
+        lines.append("- not measured")
     lines += ["", "## Memory", ""]
     if bench.memory_fresh:
         lines += [

@@ -285,6 +285,7 @@ class Bench:
         self.body_file = tmp / "body.json"
         self.body_file.write_bytes(CANNED_BODY)
         self.generator: dict[str, Any] = {}
+        self.python_path: dict[str, dict[str, float]] = {}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -633,6 +634,31 @@ class Bench:
                 "max_ms": max(s.latencies_ns) / 1e6 if s.latencies_ns else float("nan"),
             }
 
+    async def measure_python_path(self) -> None:
+        """The relay's Python cost per request of each configuration, in-process (bench/inproc.py)."""
+        assert self.oauth is not None
+        from bench import inproc
+
+        configs = {
+            kind: proxy_config(kind, 0, self.upstream_ports, self.oauth.issuer)
+            for kind in ("p1", "p2", "p3", "p4")
+        }
+        head = (
+            "POST /canned/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n"
+            f"Mcp-Session-Id: bench-session\r\nAuthorization: {self.auth}\r\n"
+            f"Content-Length: {len(CANNED_BODY)}\r\n\r\n"
+        )
+        quick = self.s.quick
+        self.python_path = await inproc.measure(
+            configs, head.encode() + CANNED_BODY, requests=1000 if quick else 1500, rounds=4 if quick else 15
+        )
+        print(
+            "python path per request (in-process): "
+            + ", ".join(f"{k} {v['median_us']:.1f} us" for k, v in self.python_path.items()),
+            flush=True,
+        )
+
     async def memory_check(self) -> None:
         """Fresh proxies, one per configuration: RSS at start, then peak RSS (VmHWM) after each of
         64 concurrent 1 MB responses (wrk), small requests at c=64, OGX sessions at c=64 and a
@@ -858,6 +884,19 @@ def checks(
                     f"{row['cpu_us']:.1f} us per event (relayed events incl. the result)",
                 )
             )
+    path = bench.python_path
+    for p in proxies:
+        if p in path and "p2" in path:
+            extra = path[p]["median_us"] - path["p2"]["median_us"]
+            out.append(
+                (
+                    f"warm-cache exchange, {p}, Python path in-process: extra CPU over static injection",
+                    None,
+                    f"{path[p]['median_us']:.1f} us vs static {path['p2']['median_us']:.1f} us "
+                    f"= {extra:+.1f} us (bench/inproc.py: the relay's Python path alone, no sockets; "
+                    "the target is checked on the wrk figures)",
+                )
+            )
     static = get("canned", hi, "p2")
     for p in proxies:
         row = get("canned", hi, p)
@@ -981,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
                 await bench.warm_up()
                 await bench.cold_exchange()
                 await bench.rounds()
+                await bench.measure_python_path()
                 bench.collect_memory()
                 await bench.memory_check()
                 await bench.generator_limits()
