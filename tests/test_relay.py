@@ -31,6 +31,7 @@ from mcpproxy.web import relay
 from mcpproxy.web.app import LIVE, apply_config
 from tests.support.mcp_servers import McpServerProcess
 from tests.support.net import free_port
+from tests.support.oauth import GRANT_TOKEN_EXCHANGE, OAuthServer
 from tests.support.proxy import LOG_DIR, ProxyFactory, ProxyProcess, RunningProxy, make_config
 from tests.support.verify import sse_messages
 
@@ -391,6 +392,19 @@ class RawUpstream:
         await writer.drain()
         await asyncio.sleep(0.05)
         return False
+
+    async def _refuse_first(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        """401 to the first request of this behaviour (its token "expired"), 200 after."""
+        if sum(1 for seen in self.seen if seen.target.endswith("/refuse_first")) > 1:
+            return await self._json(reader, writer, body)
+        writer.write(
+            b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer error="invalid_token"\r\n'
+            b"Content-Length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        return True
 
     async def _slow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         await asyncio.sleep(0.5)
@@ -976,6 +990,37 @@ async def test_upstream_close_delimited_answer_is_rechunked(
     assert await via(rid) == "relay"
     assert follow.status == 200 and follow.json()["id"] == 2
     assert len(upstream.conns) == 2  # the close-delimited one could not be reused
+
+
+async def test_upstream_401_to_an_exchanged_token_is_retried_once_with_a_fresh_token(
+    upstream: RawUpstream, proxy_factory: ProxyFactory, oauth: OAuthServer
+) -> None:
+    # The relay drops the refused token from the cache and sends again in a task (the only
+    # step of the retry that waits is the new exchange); the caller sees only the 200.
+    exchange = {
+        "type": "token_exchange",
+        "token_endpoint": f"{oauth.issuer}/token",
+        "client": {"id": "mcp-proxy", "secret": "proxy-secret", "auth_method": "client_secret_basic"},
+        "audience": ["my-external-tool"],
+    }
+    route = raw_route(upstream, auth={"subject": ["authorization"], "upstream": exchange})
+    proxy = await proxy_factory({"routes": [route]})
+    user = await oauth.user_token("alice", audience="mcp-proxy")
+    rids = [new_rid(), new_rid()]
+    async with caller(port_of(proxy)) as conn:
+        for n, rid in enumerate(rids, 1):
+            call = rpc("tools/call", {"name": "x"}, n)
+            answer = await conn.exchange(post("/raw/refuse_first", call, rid, Authorization=f"Bearer {user}"))
+            assert answer.status == 200 and answer.json()["id"] == n
+    sent = [seen.headers["Authorization"] for seen in upstream.seen]
+    assert len(sent) == 3  # refused, retried, then the second request with the cached fresh token
+    assert sent[0] != sent[1] and sent[1] == sent[2]
+    assert all(user not in value for value in sent)
+    for rid in rids:
+        line = await access_line(rid)
+        assert (line["via"], line["status"]) == ("relay", 200)
+    exchanges = [r for r in (await oauth.stats())["requests"] if r["grant_type"] == GRANT_TOKEN_EXCHANGE]
+    assert len(exchanges) == 2
 
 
 async def test_upstream_204(upstream: RawUpstream, proxy_factory: ProxyFactory) -> None:
