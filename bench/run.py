@@ -286,6 +286,7 @@ class Bench:
         self.body_file.write_bytes(CANNED_BODY)
         self.generator: dict[str, Any] = {}
         self.python_path: dict[str, dict[str, float]] = {}
+        self.instructions: dict[str, int] = {}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -658,6 +659,17 @@ class Bench:
             + ", ".join(f"{k} {v['median_us']:.1f} us" for k, v in self.python_path.items()),
             flush=True,
         )
+        self.instructions = await asyncio.to_thread(
+            inproc.count_instructions, configs, head.encode() + CANNED_BODY, requests=300 if quick else 1000
+        )
+        if self.instructions:
+            print(
+                "instructions per request (callgrind): "
+                + ", ".join(f"{k} {v:,}" for k, v in self.instructions.items()),
+                flush=True,
+            )
+        else:
+            self.skipped["instructions"] = "valgrind is not installed (Debian package valgrind)"
 
     async def memory_check(self) -> None:
         """Fresh proxies, one per configuration: RSS at start, then peak RSS (VmHWM) after each of
@@ -897,6 +909,19 @@ def checks(
                     "the target is checked on the wrk figures)",
                 )
             )
+    counts = bench.instructions
+    for p in proxies:
+        if p in counts and "p2" in counts and "p2" in path:
+            extra = counts[p] - counts["p2"]
+            us = extra * path["p2"]["median_us"] / counts["p2"]
+            out.append(
+                (
+                    f"warm-cache exchange, {p}, instructions: extra over static injection",
+                    None,
+                    f"{counts[p]:,} vs static {counts['p2']:,} instructions a request = {extra:+,} "
+                    f"({100 * extra / counts['p2']:+.0f} %; ≈ {us:+.0f} us at this run's in-process rate)",
+                )
+            )
     static = get("canned", hi, "p2")
     for p in proxies:
         row = get("canned", hi, p)
@@ -974,7 +999,7 @@ def wait_quiet(minutes: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run.py")
-    parser.add_argument("--quick", action="store_true", help="short measurements, 2 rounds (~2 min)")
+    parser.add_argument("--quick", action="store_true", help="short measurements, 2 rounds (~4 min)")
     parser.add_argument("--rounds", type=int, help="rounds of the whole matrix (default 3; quick 2)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(

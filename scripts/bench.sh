@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The one benchmark command (issue 7): installs what the benchmark needs, idempotently, then runs it.
-#   bash scripts/bench.sh            full run (~10 min): table, bench/RESULTS.md, bench/PROFILE.md
-#   bash scripts/bench.sh --quick    short run (~2 min), same outputs
+#   bash scripts/bench.sh            full run (~11 min): table, bench/RESULTS.md, bench/PROFILE.md
+#   bash scripts/bench.sh --quick    short run (~4 min), same outputs
 #   bash scripts/bench.sh --soak [MINUTES]   bounded steady-rate soak (default 5), bench/SOAK.md
 # Needs: the project's .venv and the test OAuth server's node packages (scripts/bootstrap.sh),
-# Debian's nginx-light (the reference proxy; skipped if it cannot be installed) and wrk (the load
-# generator for the highest rates; the Python client stands in without it), and py-spy (PyPI).
+# Debian's nginx-light (the reference proxy; skipped if it cannot be installed), wrk (the load
+# generator for the highest rates; the Python client stands in without it) and valgrind
+# (instruction counts of the relay's Python path; skipped without it), and py-spy (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -13,6 +14,7 @@ bash scripts/bootstrap.sh
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx-light)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bench: installing ${need[*]} from Debian's packages" >&2

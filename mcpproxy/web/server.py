@@ -60,7 +60,7 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
         backlog=1024,
     )
     await site.start()
-    _tune_gc()
+    tune_gc()
     log.info("listening", host=config.server.host, port=config.server.port, uvloop=uvloop, pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,7 +93,7 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
     return 0
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Move everything allocated at start-up out of the collector's sight and collect young
     objects less often. A proxied request allocates a few hundred short-lived objects; with the
     default threshold (700) the collector ran every few requests. Measured (wrk c=64, A/B
