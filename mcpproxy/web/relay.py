@@ -283,7 +283,7 @@ class CallerConnection(asyncio.Protocol):
             if runtime.verifier is not None:
                 outcome.identity = runtime.verifier.cached(subject)
                 if outcome.identity is None:
-                    self._wait(request, self._verify_then_judge(request))
+                    self._wait(request, lambda: self._verify_then_judge(request))
                     return
             self._judge(request)
         except Exception as exc:
@@ -309,7 +309,7 @@ class CallerConnection(asyncio.Protocol):
         assert prepared is not None
         value = prepared.credential.value_now(prepared.subject)
         if value is PENDING:
-            self._wait(request, self._credential_then_send(request))
+            self._wait(request, lambda: self._credential_then_send(request))
             return
         self._send(request, value)
 
@@ -322,7 +322,7 @@ class CallerConnection(asyncio.Protocol):
         data = self._upstream_request(request, value)
         conn = request.runtime.pool.take()
         if conn is None:
-            self._wait(request, self._connect_then_start(request, data))
+            self._wait(request, lambda: self._connect_then_start(request, data))
             return
         self._start(request, conn, data)
 
@@ -344,13 +344,14 @@ class CallerConnection(asyncio.Protocol):
         exchange.sent = time.monotonic()
         conn.start(data, exchange)
 
-    def _wait(self, request: _Request, step: Coroutine[None, None, None]) -> None:
-        """Run a step that has to wait; the chain goes on from it."""
+    def _wait(self, request: _Request, step: Callable[[], Coroutine[None, None, None]]) -> None:
+        """Run a step that has to wait; the chain goes on from it. (The step's coroutine is made
+        in the task, so a task cancelled before it starts leaves no coroutine never awaited.)"""
         self._task = self._loop.create_task(self._waiting(request, step))
 
-    async def _waiting(self, request: _Request, step: Coroutine[None, None, None]) -> None:
+    async def _waiting(self, request: _Request, step: Callable[[], Coroutine[None, None, None]]) -> None:
         try:
-            await step
+            await step()
         except asyncio.CancelledError:
             self._gone(request)
         except Exception as exc:
@@ -386,7 +387,7 @@ class CallerConnection(asyncio.Protocol):
         """The upstream refused an exchanged token: drop it, and send once more with a fresh one."""
         self._exchange = None
         log.info("upstream_401_retry", route=request.runtime.settings.name)
-        self._wait(request, self._invalidate_then_retry(request))
+        self._wait(request, lambda: self._invalidate_then_retry(request))
 
     async def _invalidate_then_retry(self, request: _Request) -> None:
         prepared = request.prepared
