@@ -18,7 +18,8 @@
 // Endpoints: /.well-known/openid-configuration and /.well-known/oauth-authorization-server
 // (same document), /jwks, /token. Test control (JSON):
 //   GET  /__test/stats        counts by grant type and outcome, last 50 token requests (no secrets)
-//   POST /__test/reset        zero the counts, clear every mode (signing keys are kept)
+//   POST /__test/reset        zero the counts, clear every mode, drop the keys rotate-keys added
+//                             (the signing key the server started with is kept)
 //   POST /__test/mode         merge switches: keycloak, entra, fail, delay_ms, fail_times,
 //                             token_ttl, allowed_audiences, allowed_scopes (see DEFAULT_MODE);
 //                             faults hit only /token, and spare requests with X-Test-No-Fault: 1
@@ -486,7 +487,14 @@ async function testControl(ctx) {
   const json = (status, body) => { ctx.status = status; ctx.body = body; };
   const route = `${ctx.method} ${ctx.path}`;
   if (route === 'GET /__test/stats') return json(200, state.stats);
-  if (route === 'POST /__test/reset') { resetStats(); state.mode = { ...DEFAULT_MODE }; return json(200, { mode: state.mode }); }
+  if (route === 'POST /__test/reset') {
+    resetStats();
+    state.mode = { ...DEFAULT_MODE };
+    // keys added by rotate-keys go: they live in memory only, so a restart would drop them anyway
+    // and a later test's tokens, signed with one, would stop verifying across its own restart
+    state.keys.splice(0, state.keys.length - 1);
+    return json(200, { mode: state.mode });
+  }
   if (route === 'POST /__test/rotate-keys') {
     state.keys.unshift(makeKey(null));
     return json(200, { kid: state.keys[0].kid, kids: state.keys.map((k) => k.kid) });
