@@ -15,12 +15,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from mcpproxy.errors import ProxyError
+from mcpproxy.expiring import ExpiringLRU
 from mcpproxy.secrets import Secret
 
 _KEY_DOMAIN = b"mcpproxy-token-cache-v1\0"
@@ -98,60 +98,16 @@ def _part(data: bytes) -> bytes:
 @dataclass(frozen=True)
 class _Token:
     token: Secret
-    expires_at: float
 
 
 @dataclass(frozen=True)
 class _Refusal:
     error: ProxyError
-    expires_at: float
-
-
-class _Entries:
-    """Bounded entries, each gone at its ``expires_at``; when full, expired ones make room
-    first, then the least recently used. (cachetools' TLRUCache does the same; its lookup
-    cost seven times this one's, on every request of an exchange route.)"""
-
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._data: OrderedDict[bytes, _Token | _Refusal] = OrderedDict()
-        self._max = max_entries
-        self._clock = clock
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: bytes) -> _Token | _Refusal | None:
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if entry.expires_at <= self._clock():
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return entry
-
-    def __setitem__(self, key: bytes, entry: _Token | _Refusal) -> None:
-        data = self._data
-        data[key] = entry
-        data.move_to_end(key)
-        if len(data) > self._max:
-            now = self._clock()
-            for stale in [k for k, e in data.items() if e.expires_at <= now]:
-                del data[stale]
-            while len(data) > self._max:
-                data.popitem(last=False)
-
-    def __delitem__(self, key: bytes) -> None:
-        del self._data[key]
-
-    def clear(self) -> None:
-        self._data.clear()
 
 
 class MemoryTokenCache:
     def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._entries = _Entries(max_entries, clock)
+        self._entries: ExpiringLRU[bytes, _Token | _Refusal] = ExpiringLRU(max_entries, clock)
         self._inflight: dict[bytes, asyncio.Task[Secret]] = {}
 
     def __len__(self) -> int:
@@ -186,14 +142,13 @@ class MemoryTokenCache:
             fresh = await fetch()
         except ProxyError as err:
             if err.status == 401 and negative_ttl > 0:
-                self._entries[key] = _Refusal(err, self._clock() + negative_ttl)
+                self._entries.put(key, _Refusal(err), negative_ttl)
             raise
         self.put(key, fresh)
         return fresh.token
 
     def put(self, key: bytes, fresh: Fresh) -> None:
-        if fresh.ttl > 0:
-            self._entries[key] = _Token(fresh.token, self._clock() + fresh.ttl)
+        self._entries.put(key, _Token(fresh.token), fresh.ttl)
 
     def _settled(self, key: bytes, task: asyncio.Task[Secret]) -> None:
         if self._inflight.get(key) is task:
@@ -206,7 +161,7 @@ class MemoryTokenCache:
         request already replaced is not thrown away."""
         entry = self._entries.get(key)
         if isinstance(entry, _Token) and (rejected is None or entry.token == rejected):
-            del self._entries[key]
+            self._entries.pop(key)
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())

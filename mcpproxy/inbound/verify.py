@@ -18,11 +18,11 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
-from cachetools import TLRUCache
 
 from mcpproxy.config.inbound import VerifySettings
 from mcpproxy.credentials import Subject
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, JSONRPC_SERVER_ERROR, ProxyError, bearer_challenge
+from mcpproxy.expiring import ExpiringLRU
 from mcpproxy.inbound.jwks import KeysUnavailable, SigningKey
 
 # error_description texts (RFC 6750 §3): they say which rule failed and never echo the token.
@@ -111,12 +111,9 @@ class TokenVerifier:
         self._audience = list(settings.audience)
         self._required = frozenset(settings.required_scopes)
         self._scope_param = " ".join(settings.required_scopes) or None
-        self._cache: TLRUCache[bytes, Identity] | None = None
+        self._cache: ExpiringLRU[bytes, Identity] | None = None
         if settings.cache_s > 0:
-            self._cache = TLRUCache(maxsize=settings.cache_entries, ttu=self._until, timer=clock)
-
-    def _until(self, _key: bytes, identity: Identity, now: float) -> float:
-        return now + min(self.settings.cache_s, identity.expires_at - self._wall())
+            self._cache = ExpiringLRU(settings.cache_entries, clock)
 
     async def verify(self, subject: Subject | None) -> Identity:
         """The caller's identity, or a :class:`ProxyError` (401 / 403 / 503) with its challenge."""
@@ -127,7 +124,8 @@ class TokenVerifier:
         token = subject.token.reveal()
         identity = await self._verify(token)
         if self._cache is not None:
-            self._cache[_digest(token)] = identity
+            ttl = min(self.settings.cache_s, identity.expires_at - self._wall())
+            self._cache.put(_digest(token), identity, ttl)
         return self._in_scope(identity)
 
     def cached(self, subject: Subject | None) -> Identity | None:
