@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from tests.support.mcp_servers import McpServerProcess, mcp_connect, tool_json
 from tests.support.proxy import ProxyFactory, RunningProxy, SecretRegistry
+from tests.support.verify import INIT
 
 USER = "user-token-AAAA1111"
 OTHER = "user-token-BBBB2222"
@@ -28,16 +29,6 @@ OPERATOR_KEY = "operator-key-CCCC3333"
 CALLER_KEY = "caller-key-DDDD4444"
 ALL_CALLER = (USER, OTHER, CALLER_KEY)
 
-INIT: dict[str, Any] = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 def routes(upstream: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.support.net import free_port
+from tests.support.verify import INIT
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -681,16 +682,6 @@ def _mcp_post(
         return e.code, e.headers, None
 
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 def test_example_mcp_server_accepts_only_its_audience(example_mcp_server: tuple[str, Any]) -> None:

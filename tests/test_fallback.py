@@ -12,8 +12,7 @@ from mcpproxy.config import ConfigError, parse_config
 from tests.support.mcp_servers import McpServerProcess
 from tests.support.oauth import OAuthServer
 from tests.support.proxy import ProxyFactory, SecretRegistry
-
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.support.verify import ACCEPT, INIT
 
 
 def route(upstream: str, issuer: str, **fallback: Any) -> dict[str, Any]:
@@ -50,16 +49,6 @@ async def test_tokenless_session_methods_use_the_route_identity_and_calls_are_re
 ) -> None:
     secrets_registry.add("proxy-secret")
     proxy = await proxy_factory({"routes": [route(mcp_json.url, oauth.issuer)]})
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     call = {
         "jsonrpc": "2.0",
         "id": 2,
@@ -67,7 +56,7 @@ async def test_tokenless_session_methods_use_the_route_identity_and_calls_are_re
         "params": {"name": "add", "arguments": {"a": 1, "b": 2}},
     }
     async with aiohttp.ClientSession() as http:
-        async with http.post(proxy.url("/tool/mcp"), json=init, headers=ACCEPT) as resp:
+        async with http.post(proxy.url("/tool/mcp"), json=INIT, headers=ACCEPT) as resp:
             assert resp.status == 200
             session_id = resp.headers["Mcp-Session-Id"]
         headers = {**ACCEPT, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}

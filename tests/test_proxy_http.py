@@ -9,23 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from tests.support.mcp_servers import McpServerProcess
 from tests.support.net import free_port
 from tests.support.proxy import ProxyFactory, RunningProxy
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.support.verify import ACCEPT, INIT, post
 
 
 async def start(proxy_factory: ProxyFactory, upstream: str, **extra: Any) -> RunningProxy:
@@ -33,19 +21,6 @@ async def start(proxy_factory: ProxyFactory, upstream: str, **extra: Any) -> Run
     return await proxy_factory({"routes": [route]})
 
 
-async def post(
-    url: str, body: Any, headers: dict[str, str] | None = None
-) -> tuple[int, CIMultiDict[str], Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(url, data=json.dumps(body), headers={**ACCEPT, **(headers or {})}) as resp,
-    ):
-        text = await resp.text()
-        try:
-            payload: Any = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, CIMultiDict(resp.headers), payload
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:

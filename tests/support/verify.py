@@ -147,22 +147,22 @@ async def post(
         aiohttp.ClientSession() as http,
         http.post(url, data=json.dumps(body), headers={**ACCEPT, **(headers or {})}) as resp,
     ):
-        text = await resp.text()
-        try:
-            payload: Any = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, CIMultiDict(resp.headers), payload
+        return await _answer(resp)
 
 
 async def get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, CIMultiDict[str], Any]:
     async with aiohttp.ClientSession() as http, http.get(url, headers=dict(headers or {})) as resp:
-        text = await resp.text()
-        try:
-            payload: Any = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, CIMultiDict(resp.headers), payload
+        return await _answer(resp)
+
+
+async def _answer(resp: aiohttp.ClientResponse) -> tuple[int, CIMultiDict[str], Any]:
+    """Status, headers, and the body as JSON (as text when it is not JSON)."""
+    text = await resp.text()
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload = text
+    return resp.status, CIMultiDict(resp.headers), payload
 
 
 def bearer(token: str) -> dict[str, str]:
