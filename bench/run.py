@@ -847,26 +847,20 @@ def checks(
                     f"{row['p50_ms']:.3f} ms vs direct {direct1['p50_ms']:.3f} ms = +{added:.3f} ms",
                 )
             )
-    for p in ("p3", "p3w2", "p4"):
-        row = get(AIO, hi, p)
-        if row:
-            out.append(
-                (
-                    f"small requests at c={hi} (aiohttp upstream), {p}: >= 0.35x direct rate",
-                    row["ratio"] >= 0.35,
-                    f"{row['rps']:.0f} req/s = {row['ratio']:.2f}x direct",
+    for workload, label in (
+        (AIO, f"small requests at c={hi} (aiohttp upstream)"),
+        ("canned", f"canned at c={hi}"),
+    ):
+        for p in ("p3", "p3w2", "p4"):
+            row = get(workload, hi, p)
+            if row:
+                out.append(
+                    (
+                        f"{label}, {p}: >= 0.35x direct rate",
+                        row["ratio"] >= 0.35,
+                        f"{row['rps']:.0f} req/s = {row['ratio']:.2f}x direct",
+                    )
                 )
-            )
-    for p in ("p3", "p3w2", "p4"):
-        row = get("canned", hi, p)
-        if row:
-            out.append(
-                (
-                    f"canned at c={hi}, {p}: >= 0.35x direct rate",
-                    row["ratio"] >= 0.35,
-                    f"{row['rps']:.0f} req/s = {row['ratio']:.2f}x direct",
-                )
-            )
     sd = get("stream 100 notifications", 1, "direct")
     for p in proxies:
         row = get("stream 100 notifications", 1, p)
