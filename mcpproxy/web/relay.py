@@ -51,6 +51,7 @@ from mcpproxy.web.proxy import (
 )
 from mcpproxy.web.upstream import UpstreamConnection, UpstreamTimeout
 from mcpproxy.web.watchdog import Watchdog
+from mcpproxy.web.writes import WriteBatch
 
 if TYPE_CHECKING:
     from mcpproxy.web.app import Live
@@ -73,6 +74,8 @@ class Relay:
         self.handover = handover
         self.connections: set[CallerConnection] = set()
         self.closing = False
+        #: The writes of every connection, caller and upstream, sent at the end of each loop iteration.
+        self.writes = WriteBatch(asyncio.get_running_loop())
 
     def close_idle(self) -> None:
         """Stop taking requests: idle connections close now, busy ones after their answer."""
@@ -342,7 +345,7 @@ class CallerConnection(asyncio.Protocol):
         self._exchange = exchange = _Exchange(self, request, conn, retry=retry)
         request.outcome.upstream_s = None
         exchange.sent = time.monotonic()
-        conn.start(data, exchange)
+        conn.start(data, exchange, self._relay.writes)
 
     def _wait(self, request: _Request, step: Callable[[], Coroutine[None, None, None]]) -> None:
         """Run a step that has to wait; the chain goes on from it. (The step's coroutine is made
@@ -450,7 +453,13 @@ class CallerConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            self._relay.writes.write(self.transport, data)
+
+    def _close(self) -> None:
+        """Close the connection once what was written to it is sent."""
+        if self.transport is not None:
+            self._relay.writes.flush()
+            self.transport.close()
 
     def _answered(self, keep_alive: bool) -> None:
         self.busy = False
@@ -458,7 +467,7 @@ class CallerConnection(asyncio.Protocol):
         if transport is None:
             return
         if not keep_alive or self._close_after or self._relay.closing:
-            transport.close()
+            self._close()
             return
         if self._paused_reading:
             self._paused_reading = False
@@ -475,6 +484,7 @@ class CallerConnection(asyncio.Protocol):
             return
         self._relay.connections.discard(self)
         self._watchdog.cancel()
+        self._relay.writes.flush()  # the answers before this request go first
         protocol = self._relay.handover()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -496,12 +506,12 @@ class CallerConnection(asyncio.Protocol):
         left = self._idle_since + KEEPALIVE_S - self._loop.time()
         if left > 0:
             return left
-        self.transport.close()
+        self._close()
         return None
 
     def close_when_idle(self) -> None:
-        if not self.busy and self.transport is not None:
-            self.transport.close()
+        if not self.busy:
+            self._close()
 
     def abort(self) -> None:
         if self.transport is not None:

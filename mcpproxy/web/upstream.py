@@ -23,6 +23,7 @@ from mcpproxy.http1 import (
     parse_response_head,
 )
 from mcpproxy.web.watchdog import Watchdog
+from mcpproxy.web.writes import WriteBatch
 
 #: Idle upstream connections kept per route, and for how long.
 MAX_IDLE = 64
@@ -185,8 +186,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- one exchange -----------------------------------------------------------------------
 
-    def start(self, request: bytes, sink: ResponseSink) -> None:
-        """Send ``request`` (head and body) and relay its response to ``sink``."""
+    def start(self, request: bytes, sink: ResponseSink, writes: WriteBatch) -> None:
+        """Send ``request`` (head and body, through ``writes``) and relay its response to ``sink``."""
         assert self.transport is not None
         self._sink = sink
         self._buffer = b""
@@ -194,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = self._loop.time()
         self._watchdog.within(self._pool.idle_timeout)
         self.resume()
-        self.transport.write(request)
+        writes.write(self.transport, request)
 
     def pause(self) -> None:
         if self.transport is not None and not self._paused:

@@ -1,0 +1,102 @@
+"""The relay's per-iteration write batch (mcpproxy.web.writes) on real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcpproxy.web.writes import WriteBatch
+
+
+class Reader:
+    """A loopback server that keeps what each connection sent, until it closed."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.closed: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()  # until EOF
+        self.closed.append(data)
+        writer.close()
+
+
+@asynccontextmanager
+async def connections(n: int) -> AsyncIterator[tuple[Reader, list[asyncio.Transport]]]:
+    reader = Reader()
+    server = await asyncio.start_server(reader.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    transports = []
+    for _ in range(n):
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        transports.append(transport)
+    try:
+        yield reader, transports
+    finally:
+        for transport in transports:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def until(predicate: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    async with connections(2) as (reader, (a, b)):
+        for i in range(3):
+            batch.write(a, b"a%d" % i)
+            batch.write(b, b"b%d" % i)
+        await asyncio.sleep(0)  # the loop runs the flush it scheduled itself
+        a.close()
+        b.close()
+        await until(lambda: len(reader.closed) == 2)
+        assert sorted(reader.closed) == [b"a0a1a2", b"b0b1b2"]
+
+
+async def test_flush_before_close_loses_nothing() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    async with connections(1) as (reader, (a,)):
+        batch.write(a, b"the answer")
+        batch.flush()
+        a.close()
+        await until(lambda: reader.closed)
+        assert reader.closed == [b"the answer"]
+
+
+async def test_a_transport_closed_meanwhile_gets_nothing_and_the_others_still_do() -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    async with connections(2) as (reader, (gone, alive)):
+        batch.write(gone, b"lost")
+        batch.write(alive, b"kept")
+        gone.abort()  # the peer went away before the end of the iteration
+        batch.flush()
+        alive.close()
+        await until(lambda: len(reader.closed) == 2)
+        assert sorted(reader.closed) == [b"", b"kept"]
+
+
+async def test_nothing_is_written_before_the_iteration_ends() -> None:
+    loop = asyncio.get_running_loop()
+    batch = WriteBatch(loop)
+    written: list[bytes] = []
+
+    class Recording(asyncio.Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            written.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return False
+
+    transport = Recording()  # a real socket cannot show that nothing was sent yet
+    batch.write(transport, b"1")
+    batch.write(transport, b"2")
+    assert written == []  # queued, not sent
+    await asyncio.sleep(0)
+    assert written == [b"1", b"2"]
