@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +43,31 @@ class Body:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_scan = json.scanner.make_scanner(json.JSONDecoder())
+_whitespace = json.decoder.WHITESPACE.match
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads(raw)``, with the common body — UTF-8 starting with ``{`` or ``[`` — handed
+    straight to the C scanner: ``json.loads`` spends more on guessing the encoding and on its
+    Python wrappers than on the scan itself (2.2 of 3.7 µs for a tools/call body)."""
+    if raw[:1] not in (b"{", b"[") or raw[1:2] == b"\0":  # a NUL second: UTF-16/32
+        return json.loads(raw)
+    text = raw.decode("utf-8", "surrogatepass")
+    try:
+        data, end = _scan(text, 0)
+    except StopIteration:  # pragma: no cover - "{" and "[" always start a value
+        raise ValueError("not JSON") from None
+    if end != len(text) and _whitespace(text, end).end() != len(text):
+        raise ValueError("extra data after the JSON value")
+    return data
+
+
 def parse_body(raw: bytes, *, strict: bool) -> Body:
     """Parse a POST body. With ``strict`` an unparsable body is a 400 JSON-RPC parse error;
     without it (a feature merely peeking at the method) it is passed on untouched."""
     try:
-        data = json.loads(raw)
+        data = _loads(raw)
     except (ValueError, RecursionError):
         if strict:
             raise ProxyError(

@@ -24,4 +24,4 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_request_id() -> str:
     """16 hex digits: 8 of the process's prefix, 8 of its counter."""
-    return f"{_prefix}{next(_counter) & 0xFFFFFFFF:08x}"
+    return "%s%08x" % (_prefix, next(_counter) & 0xFFFFFFFF)  # noqa: UP031 - no __format__ look-up

@@ -119,3 +119,52 @@ def test_metrics_render() -> None:
     )
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.005"} 1' in text
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.001"} 0' in text
+
+
+# --- JSON-RPC bodies --------------------------------------------------------------------------
+
+BODIES = [
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{}}}',
+    b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"x"}]',
+    b'{"a":1}  \r\n\t',
+    '{"text":"caf\u00e9 \u2603 \U0001F600"}'.encode(),
+    b'{"lone":"\\ud800"}',
+    b'{"a":1} {"b":2}',
+    b'{"a":1}x',
+    b'{"a":',
+    b"{'a':1}",
+    b'{"a":NaN}',
+    b'{"a":"\xff"}',
+    b"[" * 100_000,
+    b"[]",
+    b"{}",
+    b"",
+    b'  {"leading":"space"}',
+    b'\xef\xbb\xbf{"bom":1}',
+    '{"utf16":1}'.encode("utf-16-le"),
+    '{"utf16":1}'.encode("utf-16"),
+    b"null",
+    b"42",
+]
+
+
+@pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
+def test_body_parsing_agrees_with_json_loads(raw: bytes) -> None:
+    """The C-scanner fast path of jsonrpc._loads must accept, reject and decode exactly what
+    json.loads does."""
+    import json
+
+    from mcpproxy.jsonrpc import _loads
+
+    try:
+        expected: object = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        expected = type(exc)
+    try:
+        got: object = _loads(raw)
+    except (ValueError, RecursionError) as exc:
+        got = type(exc)
+    if isinstance(expected, type):
+        assert isinstance(got, type) and issubclass(got, ValueError) == issubclass(expected, ValueError)
+    else:
+        assert got == expected
