@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import json.decoder
 import json.scanner
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +44,9 @@ class Body:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-_scan = json.scanner.make_scanner(json.JSONDecoder())
-_whitespace = json.decoder.WHITESPACE.match
+# (the stubs call make_scanner's argument a make_scanner; it is the decoder whose settings it takes)
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_whitespace = re.compile(r"[ \t\n\r]*").match  # JSON's whitespace, as json.decoder's
 
 
 def _loads(raw: bytes) -> Any:
