@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import json.scanner
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,6 @@ class Body:
 
 # (the stubs call make_scanner's argument a make_scanner; it is the decoder whose settings it takes)
 _scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-_whitespace = re.compile(r"[ \t\n\r]*").match  # JSON's whitespace, as json.decoder's
 
 
 def _loads(raw: bytes) -> Any:
@@ -60,7 +58,7 @@ def _loads(raw: bytes) -> Any:
         data, end = _scan(text, 0)
     except StopIteration:  # pragma: no cover - "{" and "[" always start a value
         raise ValueError("not JSON") from None
-    if end != len(text) and _whitespace(text, end).end() != len(text):
+    if end != len(text) and text[end:].strip(" \t\n\r"):  # anything but JSON's whitespace
         raise ValueError("extra data after the JSON value")
     return data
 
