@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mcpproxy.web.writes import WriteBatch
+from mcpproxy.web.writes import LARGE_WRITE, MAX_QUEUED, WriteBatch
 
 
 class Reader:
@@ -100,3 +100,31 @@ async def test_nothing_is_written_before_the_iteration_ends() -> None:
     assert written == []  # queued, not sent
     await asyncio.sleep(0)
     assert written == [b"1", b"2"]
+
+
+async def test_a_large_write_goes_out_at_once_after_what_was_queued() -> None:
+    """Held back, a big answer's chunks would also hold back the transport's flow control."""
+    loop = asyncio.get_running_loop()
+    batch = WriteBatch(loop)
+    written: list[bytes] = []
+
+    class Recording(asyncio.Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            written.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return False
+
+    transport = Recording()
+    batch.write(transport, b"head")
+    large = b"x" * LARGE_WRITE
+    batch.write(transport, large)
+    assert written == [b"head", large]  # at once, and in order
+    small = b"y" * 1000
+    fit = MAX_QUEUED // len(small)
+    for _ in range(fit):
+        batch.write(transport, small)
+    assert len(written) == 2  # all of these fit in the batch: they wait
+    batch.write(transport, small)
+    assert len(written) == 2 + fit + 1  # one more would pass the bound: all go out now
+    assert b"".join(written) == b"head" + large + small * (fit + 1)

@@ -10,26 +10,45 @@ batch wakes the reader and the rest find it awake.
 Per transport, the order of writes is kept. Whoever closes or hands over a transport flushes
 first (:meth:`WriteBatch.flush`), so nothing written before a close is lost; a transport that
 closed on its own meanwhile (the peer went away) gets nothing more.
+
+Only small writes wait. A large one (a chunk of a big answer) goes out at once, after what is
+queued: held back, it would also hold back the transport's flow control, and libuv, reading on
+while no write pushes back, took in whole 1 MB answers per connection before the first byte
+left (peak RSS 54 → 104 MiB with 64 such answers). For the same reason the batch as a whole
+is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+#: A write this large goes out at once (after what is queued).
+LARGE_WRITE = 64 * 1024
+#: Bytes queued at most; past this the batch is sent at once.
+MAX_QUEUED = 256 * 1024
+
 
 class WriteBatch:
-    """Writes queued during one event-loop iteration, flushed by a callback at its end."""
+    """Small writes queued during one event-loop iteration, flushed by a callback at its end."""
 
-    __slots__ = ("_loop", "_pending")
+    __slots__ = ("_loop", "_pending", "_queued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[tuple[asyncio.Transport, bytes]] = []
+        self._queued = 0
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        size = len(data)
+        if size >= LARGE_WRITE or self._queued + size > MAX_QUEUED:
+            self.flush()
+            if not transport.is_closing():
+                transport.write(data)  # its flow control (pause_writing) applies at once
+            return
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append((transport, data))
+        self._queued += size
 
     def flush(self) -> None:
         """Send everything queued so far (also called before a transport is closed)."""
@@ -37,6 +56,7 @@ class WriteBatch:
         if not pending:
             return
         self._pending = []
+        self._queued = 0
         for transport, data in pending:
             if not transport.is_closing():
                 transport.write(data)
