@@ -13,7 +13,6 @@ class Reader:
     """A loopback server that keeps what each connection sent, until it closed."""
 
     def __init__(self) -> None:
-        self.received: list[bytes] = []
         self.closed: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,6 +38,20 @@ async def connections(n: int) -> AsyncIterator[tuple[Reader, list[asyncio.Transp
             transport.close()
         server.close()
         await server.wait_closed()
+
+
+class Recording(asyncio.Transport):
+    """A transport that keeps what is written to it (for what a socket cannot show)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
 
 
 async def until(predicate: object, timeout: float = 5.0) -> None:
@@ -85,16 +98,8 @@ async def test_a_transport_closed_meanwhile_gets_nothing_and_the_others_still_do
 async def test_nothing_is_written_before_the_iteration_ends() -> None:
     loop = asyncio.get_running_loop()
     batch = WriteBatch(loop)
-    written: list[bytes] = []
-
-    class Recording(asyncio.Transport):
-        def write(self, data: bytes | bytearray | memoryview) -> None:
-            written.append(bytes(data))
-
-        def is_closing(self) -> bool:
-            return False
-
     transport = Recording()  # a real socket cannot show that nothing was sent yet
+    written = transport.written
     batch.write(transport, b"1")
     batch.write(transport, b"2")
     assert written == []  # queued, not sent
@@ -106,16 +111,8 @@ async def test_a_large_write_goes_out_at_once_after_what_was_queued() -> None:
     """Held back, a big answer's chunks would also hold back the transport's flow control."""
     loop = asyncio.get_running_loop()
     batch = WriteBatch(loop)
-    written: list[bytes] = []
-
-    class Recording(asyncio.Transport):
-        def write(self, data: bytes | bytearray | memoryview) -> None:
-            written.append(bytes(data))
-
-        def is_closing(self) -> bool:
-            return False
-
     transport = Recording()
+    written = transport.written
     batch.write(transport, b"head")
     large = b"x" * LARGE_WRITE
     batch.write(transport, large)
