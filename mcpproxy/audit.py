@@ -4,7 +4,7 @@ Records are built by :func:`record` from plain values (no framework types) and w
 :class:`AuditLog` to a logger of its own: a file (``audit.file``; reopened when rotated away) or,
 without one, the main structured log stream under the event name ``audit``. Arguments appear only
 when ``audit.include_arguments`` is true; tokens never do — the record has no field that could
-hold one, and the subject appears as its ``sub``/``client_id`` claims or a keyed fingerprint.
+hold one, and the subject appears as its ``sub``/``client_id`` claims or a fingerprint.
 """
 
 from __future__ import annotations

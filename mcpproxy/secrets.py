@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from typing import Final
 
-_FINGERPRINT_KEY: Final = b"mcpproxy-fingerprint-v1"
+_FINGERPRINT_DOMAIN: Final = b"mcpproxy-fingerprint-v2\0"
 
 
 class Secret:
@@ -17,18 +17,28 @@ class Secret:
     shows ``Secret('***')`` instead of the credential.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_digest", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._digest: bytes | None = None
 
     def reveal(self) -> str:
         """The credential itself; call only where it goes onto the wire."""
         return self._value
 
+    def digest(self) -> bytes:
+        """SHA-256 of the value, computed once. The token cache's key and the log fingerprint are
+        both derived from it: hashing a ~1 KB JWT is the costly part, and every request of an
+        exchange route needs both."""
+        digest = self._digest
+        if digest is None:
+            digest = self._digest = hashlib.sha256(self._value.encode()).digest()
+        return digest
+
     def fingerprint(self) -> str:
         """A short, non-reversible tag to correlate log lines without exposing the value."""
-        return fingerprint(self._value)
+        return _tag(self.digest())
 
     def __bool__(self) -> bool:
         return bool(self._value)
@@ -57,22 +67,10 @@ class Secret:
 
 
 def fingerprint(value: str) -> str:
-    """First 12 hex digits of a keyed SHA-256 (HMAC): enough to tell tokens apart, useless to
-    an attacker."""
-    inner = _INNER.copy()
-    inner.update(value.encode())
-    outer = _OUTER.copy()
-    outer.update(inner.digest())
-    return outer.hexdigest()[:12]
+    """First 12 hex digits of SHA-256 over a domain tag and the value's own SHA-256: enough to
+    tell tokens apart, useless to an attacker, and never equal to a cache key."""
+    return _tag(hashlib.sha256(value.encode()).digest())
 
 
-def _padded(pad: int) -> hashlib._Hash:
-    """HMAC-SHA256's inner or outer hash with the key block already absorbed (RFC 2104): per
-    call only a copy, where ``hmac.digest`` set up OpenSSL's HMAC afresh (half the cost, on a
-    path every request of an exchange route takes)."""
-    block = _FINGERPRINT_KEY.ljust(64, b"\0")
-    return hashlib.sha256(bytes(b ^ pad for b in block))
-
-
-_INNER = _padded(0x36)
-_OUTER = _padded(0x5C)
+def _tag(digest: bytes) -> str:
+    return hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]

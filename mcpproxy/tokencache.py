@@ -23,7 +23,7 @@ from mcpproxy.errors import ProxyError
 from mcpproxy.expiring import ExpiringLRU
 from mcpproxy.secrets import Secret
 
-_KEY_DOMAIN = b"mcpproxy-token-cache-v1\0"
+_KEY_DOMAIN = b"mcpproxy-token-cache-v2\0"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def _canonical(value: object) -> object:
 
 
 def cache_key(settings: bytes, subject: Secret | None, actor: Secret | None) -> bytes:
-    """SHA-256 over length-prefixed parts, so no two different inputs share a key."""
+    """SHA-256 over length-prefixed parts, so no two different inputs share a key. The tokens
+    enter as their own SHA-256 (:meth:`Secret.digest`, which the log fingerprint reuses)."""
     return key_hasher(settings)(subject, actor)
 
 
@@ -88,7 +89,7 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
 
 
 def _secret_part(secret: Secret | None) -> bytes:
-    return b"-" + bytes(8) if secret is None else _part(secret.reveal().encode())
+    return b"-" + bytes(8) if secret is None else _part(secret.digest())
 
 
 def _part(data: bytes) -> bytes:
