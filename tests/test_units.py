@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import pytest
@@ -11,7 +12,7 @@ from mcpproxy.errors import ProxyError
 from mcpproxy.headers import downstream_response_headers, route_allowlist, upstream_request_headers
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
-from mcpproxy.secrets import Secret
+from mcpproxy.secrets import Secret, fingerprint
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 
 
@@ -75,6 +76,8 @@ def test_secret_never_renders() -> None:
     assert "s3cr3t" not in f"{secret} {secret!r} {[secret]} {secret:>20}"
     assert secret.reveal() == "s3cr3t-value"
     assert secret.fingerprint() == Secret("s3cr3t-value").fingerprint() != Secret("other").fingerprint()
+    assert secret.fingerprint() == fingerprint("s3cr3t-value") and len(secret.fingerprint()) == 12
+    assert secret.digest() == hashlib.sha256(b"s3cr3t-value").digest()
     with pytest.raises(TypeError):
         pickle.dumps(secret)
 
@@ -119,6 +122,23 @@ def test_metrics_render() -> None:
     )
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.005"} 1' in text
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.001"} 0' in text
+
+
+def test_metrics_positional_labels_count_with_the_keyword_form() -> None:
+    """``add``/``observe_at`` (the hot path's form) land on the series ``inc``/``observe`` name."""
+    metrics = Registry()
+    metrics.requests.inc(route="a", http_method="POST", mcp_method="tools/call", status="200")
+    metrics.requests.add(("a", "POST", "tools/call", "200"))
+    metrics.requests.add(("a", "POST", "tools/call", "502"), 2)
+    metrics.upstream_latency.observe(0.003, route="a")
+    metrics.upstream_latency.observe_at(("a",), 0.2)
+    assert metrics.requests.value(route="a", http_method="POST", mcp_method="tools/call", status="200") == 2
+    assert metrics.requests.value(route="a", http_method="POST", mcp_method="tools/call", status="502") == 2
+    assert metrics.upstream_latency.count(route="a") == 2
+    text = metrics.render()
+    assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.005"} 1' in text
+    assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.25"} 2' in text
+    assert 'mcpproxy_upstream_latency_seconds_sum{route="a"} 0.203' in text
 
 
 # --- JSON-RPC bodies --------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class TokenSource:
         return subject
 
     def _note(self, result: str) -> None:
-        self._metrics.cache.inc(route=self.route, result=result)
+        self._metrics.cache.add((self.route, result))
 
     async def invalidate(self, subject: Secret | None, rejected: Secret | None = None) -> None:
         """Forget the cached token of ``subject`` (only if it is still ``rejected``, when given)."""

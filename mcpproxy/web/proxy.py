@@ -553,10 +553,7 @@ class ProxyHandler:
     # --- logs and metrics -------------------------------------------------------------------
 
     def record(self, incoming: Incoming, outcome: Outcome, request_id: str, started: float) -> None:
-        status = str(outcome.status)
-        self.metrics.requests.inc(
-            route=outcome.route, http_method=incoming.method, mcp_method=outcome.mcp_method, status=status
-        )
+        self.metrics.requests.add((outcome.route, incoming.method, outcome.mcp_method, str(outcome.status)))
         if self.audit is not None and outcome.calls:
             self._audit(self.audit, outcome, request_id, time.monotonic() - started)
         if not self.access_log:

@@ -573,7 +573,7 @@ class _Exchange:
         headers = handler.answer_headers(
             head.headers, head.status, request.incoming, runtime, request.request_id
         )
-        handler.metrics.upstream_latency.observe(outcome.upstream_s, route=route.name)
+        handler.metrics.upstream_latency.observe_at((route.name,), outcome.upstream_s)
         if head.framing is Framing.LENGTH:
             headers["Content-Length"] = str(head.length)
         elif head.framing is not Framing.NONE:
