@@ -76,13 +76,15 @@ def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes:
 def resolve_subject(sources: tuple[SubjectSource, ...], view: RequestView) -> Subject | None:
     found: list[tuple[str, str]] = []
     for source in sources:
-        label = _label(source)
-        for value in _read(source, view):
-            found.append((label, _clean(value, label, view.max_bytes)))
+        values = _read(source, view)
+        if values:
+            label = _label(source)
+            for value in values:
+                found.append((label, _clean(value, label, view.max_bytes)))
     if not found:
         return None
     label, value = found[0]
-    if any(other != value for _, other in found[1:]):
+    if len(found) > 1 and any(other != value for _, other in found[1:]):
         labels = sorted({label for label, _ in found})
         raise bad_request(
             "conflicting credentials from " + ", ".join(labels), reason="conflicting_credentials"

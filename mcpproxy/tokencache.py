@@ -83,13 +83,19 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
     prefix = _KEY_DOMAIN + _part(settings)
 
     def key(subject: Secret | None, actor: Secret | None) -> bytes:
-        return hashlib.sha256(b"".join((prefix, _secret_part(subject), _secret_part(actor)))).digest()
+        return hashlib.sha256(
+            prefix
+            + (_ABSENT if subject is None else _DIGEST + subject.digest())
+            + (_ABSENT if actor is None else _DIGEST + actor.digest())
+        ).digest()
 
     return key
 
 
-def _secret_part(secret: Secret | None) -> bytes:
-    return b"-" + bytes(8) if secret is None else _part(secret.digest())
+#: A part of the key: a tag, the length of what follows, then that. Tokens enter as their 32-byte
+#: SHA-256, an absent token as a tag of its own.
+_DIGEST = b"+" + (32).to_bytes(8, "big")
+_ABSENT = b"-" + bytes(8)
 
 
 def _part(data: bytes) -> bytes:
