@@ -10,7 +10,6 @@ keyed by a digest of the token, never past its expiry.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -121,11 +120,10 @@ class TokenVerifier:
         if identity is not None:
             return identity
         assert subject is not None
-        token = subject.token.reveal()
-        identity = await self._verify(token)
+        identity = await self._verify(subject.token.reveal())
         if self._cache is not None:
             ttl = min(self.settings.cache_s, identity.expires_at - self._wall())
-            self._cache.put(_digest(token), identity, ttl)
+            self._cache.put(subject.token.digest(), identity, ttl)
         return self._in_scope(identity)
 
     def cached(self, subject: Subject | None) -> Identity | None:
@@ -141,7 +139,7 @@ class TokenVerifier:
             )
         if self._cache is None:
             return None
-        identity = self._cache.get(_digest(subject.token.reveal()))
+        identity = self._cache.get(subject.token.digest())  # the hash the token cache uses too
         return None if identity is None else self._in_scope(identity)
 
     def _in_scope(self, identity: Identity) -> Identity:
@@ -194,10 +192,6 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise invalid_token(_describe(exc), detail=type(exc).__name__) from None
         return identity_of(claims)
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _describe(exc: jwt.PyJWTError) -> str:
