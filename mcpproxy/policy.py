@@ -30,7 +30,7 @@ from mcpproxy.errors import (
     bearer_challenge,
 )
 from mcpproxy.headers import Headers
-from mcpproxy.jsonrpc import Body, JsonId
+from mcpproxy.jsonrpc import Body, JsonId, loader
 
 JSONRPC_INVALID_PARAMS = -32602
 
@@ -190,10 +190,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_strict_loads = loader(json.JSONDecoder(object_pairs_hook=_no_duplicates))
+
+
 def parse_strict(raw: bytes) -> Body:
     """A JSON-RPC message or batch, refusing anything else — and duplicate object keys."""
     try:
-        data = json.loads(raw, object_pairs_hook=_no_duplicates)
+        data = _strict_loads(raw)
     except _DuplicateKey:
         raise ProxyError(
             400, "request body repeats an object key", JSONRPC_INVALID_REQUEST, reason="duplicate_key"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+from collections.abc import Callable
 
 import pytest
 from multidict import CIMultiDict
@@ -168,23 +170,45 @@ BODIES = [
 ]
 
 
-@pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
-def test_body_parsing_agrees_with_json_loads(raw: bytes) -> None:
-    """The C-scanner fast path of jsonrpc._loads must accept, reject and decode exactly what
-    json.loads does."""
-    import json
-
-    from mcpproxy.jsonrpc import _loads
-
+def _outcome(parse: Callable[[bytes], object], raw: bytes) -> object:
+    """What ``parse`` makes of ``raw``: the value, or the type of the error it raised."""
     try:
-        expected: object = json.loads(raw)
+        return parse(raw)
     except (ValueError, RecursionError) as exc:
-        expected = type(exc)
-    try:
-        got: object = _loads(raw)
-    except (ValueError, RecursionError) as exc:
-        got = type(exc)
+        return type(exc)
+
+
+def _assert_same(got: object, expected: object) -> None:
     if isinstance(expected, type):
         assert isinstance(got, type) and issubclass(got, ValueError) == issubclass(expected, ValueError)
     else:
         assert got == expected
+
+
+@pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
+def test_body_parsing_agrees_with_json_loads(raw: bytes) -> None:
+    """The C-scanner fast path of jsonrpc._loads must accept, reject and decode exactly what
+    json.loads does."""
+    from mcpproxy.jsonrpc import _loads
+
+    _assert_same(_outcome(_loads, raw), _outcome(json.loads, raw))
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
+@pytest.mark.parametrize(
+    "raw", [*BODIES, b'{"a":1,"a":2}', b'[{"x":{"b":1,"b":1}}]'], ids=range(len(BODIES) + 2)
+)
+def test_strict_parsing_agrees_with_json_loads_and_its_hook(raw: bytes) -> None:
+    """The policy's strict parser (the same fast path, with a duplicate-key hook) decodes and
+    refuses what ``json.loads`` with that hook does."""
+    from mcpproxy.jsonrpc import loader
+
+    strict = loader(json.JSONDecoder(object_pairs_hook=_refuse_duplicates))
+    expected = _outcome(lambda b: json.loads(b, object_pairs_hook=_refuse_duplicates), raw)
+    _assert_same(_outcome(strict, raw), expected)
