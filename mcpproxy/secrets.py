@@ -66,11 +66,7 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
-def fingerprint(value: str) -> str:
-    """First 12 hex digits of SHA-256 over a domain tag and the value's own SHA-256: enough to
-    tell tokens apart, useless to an attacker, and never equal to a cache key."""
-    return _tag(hashlib.sha256(value.encode()).digest())
-
-
 def _tag(digest: bytes) -> str:
+    """First 12 hex digits of SHA-256 over a domain tag and a value's own SHA-256: enough to tell
+    tokens apart, useless to an attacker, and unrelated to the token cache's keys (another domain)."""
     return hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]

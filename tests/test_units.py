@@ -14,7 +14,7 @@ from mcpproxy.errors import ProxyError
 from mcpproxy.headers import downstream_response_headers, route_allowlist, upstream_request_headers
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
-from mcpproxy.secrets import Secret, fingerprint
+from mcpproxy.secrets import Secret
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 
 
@@ -78,7 +78,7 @@ def test_secret_never_renders() -> None:
     assert "s3cr3t" not in f"{secret} {secret!r} {[secret]} {secret:>20}"
     assert secret.reveal() == "s3cr3t-value"
     assert secret.fingerprint() == Secret("s3cr3t-value").fingerprint() != Secret("other").fingerprint()
-    assert secret.fingerprint() == fingerprint("s3cr3t-value") and len(secret.fingerprint()) == 12
+    assert len(secret.fingerprint()) == 12 and set(secret.fingerprint()) <= set("0123456789abcdef")
     assert secret.digest() == hashlib.sha256(b"s3cr3t-value").digest()
     with pytest.raises(TypeError):
         pickle.dumps(secret)
