@@ -374,11 +374,12 @@ class Bench:
 
         return CpuMeter(target, _Up())  # type: ignore[arg-type]
 
-    async def canned_c1(self, t: Target, rnd: int, path: str = "/mcp", workload: str = "canned") -> Row:
-        req = clients.build_request(
+    def canned_request(self, path: str, host: str) -> bytes:
+        """The small tools/call every canned row sends (and bench/inproc.py replays)."""
+        return clients.build_request(
             "POST",
-            t.path("canned", path),
-            f"127.0.0.1:{t.ports['canned']}",
+            path,
+            host,
             CANNED_BODY,
             {
                 "Content-Type": "application/json",
@@ -388,6 +389,9 @@ class Bench:
                 "Mcp-Session-Id": "bench-session",
             },
         )
+
+    async def canned_c1(self, t: Target, rnd: int, path: str = "/mcp", workload: str = "canned") -> Row:
+        req = self.canned_request(t.path("canned", path), f"127.0.0.1:{t.ports['canned']}")
         m = self.meter(t, "canned")
         m.start()
         s = await clients.raw_load("127.0.0.1", t.ports["canned"], req, concurrency=1, duration_s=self.s.d_c1)
@@ -644,15 +648,10 @@ class Bench:
             kind: proxy_config(kind, 0, self.upstream_ports, self.oauth.issuer)
             for kind in ("p1", "p2", "p3", "p4")
         }
-        head = (
-            "POST /canned/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n"
-            f"Mcp-Session-Id: bench-session\r\nAuthorization: {self.auth}\r\n"
-            f"Content-Length: {len(CANNED_BODY)}\r\n\r\n"
-        )
+        raw = self.canned_request("/canned/mcp", "127.0.0.1")
         quick = self.s.quick
         self.python_path = await inproc.measure(
-            configs, head.encode() + CANNED_BODY, requests=1000 if quick else 1500, rounds=4 if quick else 15
+            configs, raw, requests=1000 if quick else 1500, rounds=4 if quick else 15
         )
         print(
             "python path per request (in-process): "
@@ -660,7 +659,7 @@ class Bench:
             flush=True,
         )
         self.instructions = await asyncio.to_thread(
-            inproc.count_instructions, configs, head.encode() + CANNED_BODY, requests=300 if quick else 1000
+            inproc.count_instructions, configs, raw, requests=300 if quick else 1000
         )
         if self.instructions:
             print(
