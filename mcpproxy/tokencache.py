@@ -71,15 +71,11 @@ def _canonical(value: object) -> object:
     raise TypeError(f"cannot canonicalise {type(value).__name__}")
 
 
-def cache_key(settings: bytes, subject: Secret | None, actor: Secret | None) -> bytes:
-    """SHA-256 over length-prefixed parts, so no two different inputs share a key. The tokens
-    enter as their own SHA-256 (:meth:`Secret.digest`, which the log fingerprint reuses)."""
-    return key_hasher(settings)(subject, actor)
-
-
 def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], bytes]:
-    """:func:`cache_key` for one route's settings, their part of the hash input prepared once
-    (the lookup runs on every request of an exchange route)."""
+    """The cache key of a subject and actor token for one route's settings: SHA-256 over
+    length-prefixed parts, so no two different inputs share a key. The tokens enter as their own
+    SHA-256 (:meth:`Secret.digest`, which the log fingerprint reuses); the settings' part of the
+    input is prepared once (the lookup runs on every request of an exchange route)."""
     prefix = _KEY_DOMAIN + _part(settings)
 
     def key(subject: Secret | None, actor: Secret | None) -> bytes:

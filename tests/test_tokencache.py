@@ -24,7 +24,7 @@ from mcpproxy.oauth.errors import TokenEndpointError
 from mcpproxy.oauth.response import Issued
 from mcpproxy.oauth.tokens import TokenSource
 from mcpproxy.secrets import Secret
-from mcpproxy.tokencache import Fresh, MemoryTokenCache, cache_key, settings_digest
+from mcpproxy.tokencache import Fresh, MemoryTokenCache, key_hasher, settings_digest
 
 
 class Clock:
@@ -59,17 +59,18 @@ class Notes(list[str]):
 
 def test_keys_are_digests_of_all_inputs() -> None:
     d1, d2 = settings_digest(settings()), settings_digest(settings(audience=("other",)))
+    key1, key2 = key_hasher(d1), key_hasher(d2)
     alice, bob, actor = Secret("alice-token"), Secret("bob-token"), Secret("actor-token")
     keys = {
-        cache_key(d1, alice, None),
-        cache_key(d1, bob, None),
-        cache_key(d2, alice, None),
-        cache_key(d1, alice, actor),
-        cache_key(d1, None, None),
-        cache_key(d1, Secret(""), None),
+        key1(alice, None),
+        key1(bob, None),
+        key2(alice, None),
+        key1(alice, actor),
+        key1(None, None),
+        key1(Secret(""), None),
     }
     assert len(keys) == 6
-    assert cache_key(d1, alice, None) == cache_key(settings_digest(settings()), Secret("alice-token"), None)
+    assert key1(alice, None) == key_hasher(settings_digest(settings()))(Secret("alice-token"), None)
     for key in keys:
         assert len(key) == 32 and b"alice" not in key
 
