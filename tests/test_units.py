@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from mcpproxy.errors import ProxyError
 from mcpproxy.headers import downstream_response_headers, route_allowlist, upstream_request_headers
+from mcpproxy.logs import AccessEntry, encode_access
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -149,7 +150,7 @@ BODIES = [
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{}}}',
     b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"x"}]',
     b'{"a":1}  \r\n\t',
-    '{"text":"caf\u00e9 \u2603 \U0001F600"}'.encode(),
+    '{"text":"caf\u00e9 \u2603 \U0001f600"}'.encode(),
     b'{"lone":"\\ud800"}',
     b'{"a":1} {"b":2}',
     b'{"a":1}x',
@@ -212,3 +213,55 @@ def test_strict_parsing_agrees_with_json_loads_and_its_hook(raw: bytes) -> None:
     strict = loader(json.JSONDecoder(object_pairs_hook=_refuse_duplicates))
     expected = _outcome(lambda b: json.loads(b, object_pairs_hook=_refuse_duplicates), raw)
     _assert_same(_outcome(strict, raw), expected)
+
+
+_ENTRY = AccessEntry("orch", "POST", "/orch/mcp", "tools/call", 200, 224, 1.23456, "rid-1", "relay")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _ENTRY,
+        _ENTRY._replace(mcp_method=None, upstream_ms=0.5, credential_source="fallback"),
+        _ENTRY._replace(
+            path='/orch/"mcp"\\\n\u00e9\u2028',
+            credential_source="authorization",
+            subject_fingerprint="0123456789ab",
+            sub='al"ice\r\n\t\x00',
+            error="upstream_stream_failed",
+            detail="ClientPayloadError",
+        ),
+        _ENTRY._replace(error="", detail=None),
+    ],
+)
+def test_access_line_is_one_json_object_of_its_fields(entry: AccessEntry) -> None:
+    line = encode_access(entry, "2026-11-22T10:00:00.000001Z")
+    assert line.endswith("}\n") and line.count("\n") == 1 and line.isascii()
+    expected: dict[str, object] = {
+        key: value for key, value in entry._asdict().items() if value or key in _ACCESS_ALWAYS
+    }
+    expected["duration_ms"] = round(entry.duration_ms, 3)
+    if entry.upstream_ms is not None:
+        expected["upstream_ms"] = round(entry.upstream_ms, 3)
+    expected |= {"event": "request", "level": "info", "timestamp": "2026-11-22T10:00:00.000001Z"}
+    decoded = json.loads(line)
+    assert decoded == expected
+    assert list(decoded) == list(expected)  # the fields in the entry's order, the event's last
+
+
+_ACCESS_ALWAYS = {
+    "route",
+    "method",
+    "path",
+    "mcp_method",
+    "status",
+    "bytes",
+    "duration_ms",
+    "request_id",
+    "via",
+}
+
+
+def test_access_line_cannot_carry_a_secret() -> None:
+    with pytest.raises(TypeError):
+        encode_access(_ENTRY._replace(sub=Secret("planted-token-123456")), "t")  # type: ignore[arg-type]

@@ -558,31 +558,26 @@ class ProxyHandler:
             self._audit(self.audit, outcome, request_id, time.monotonic() - started)
         if not self.access_log:
             return
-        fields: dict[str, Any] = {
-            "route": outcome.route,
-            "method": incoming.method,
-            "path": incoming.path[:256],
-            "mcp_method": outcome.mcp_method,
-            "status": outcome.status,
-            "bytes": outcome.bytes_out,
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "request_id": request_id,
-            "via": outcome.via,
-        }
-        if outcome.upstream_s is not None:
-            fields["upstream_ms"] = round(outcome.upstream_s * 1000, 3)
-        if outcome.fallback:
-            fields["credential_source"] = "fallback"
-        if outcome.subject is not None:
-            fields["credential_source"] = outcome.subject.source
-            fields["subject_fingerprint"] = outcome.subject.token.fingerprint()
-        if outcome.identity is not None:
-            fields["sub"] = outcome.identity.sub
-        if outcome.error:
-            fields["error"] = outcome.error
-        if outcome.detail:
-            fields["detail"] = outcome.detail
-        logs.access(fields)
+        subject, identity = outcome.subject, outcome.identity
+        logs.access(
+            logs.AccessEntry(
+                outcome.route,
+                incoming.method,
+                incoming.path[:256],
+                outcome.mcp_method,
+                outcome.status,
+                outcome.bytes_out,
+                (time.monotonic() - started) * 1000,
+                request_id,
+                outcome.via,
+                None if outcome.upstream_s is None else outcome.upstream_s * 1000,
+                subject.source if subject is not None else "fallback" if outcome.fallback else None,
+                subject.token.fingerprint() if subject is not None else None,
+                identity.sub if identity is not None else None,
+                outcome.error,
+                outcome.detail,
+            )
+        )
 
     def _audit(self, audit: AuditLog, outcome: Outcome, request_id: str, duration_s: float) -> None:
         """One audit line per tools/call of the request, whatever became of it."""
