@@ -21,7 +21,7 @@ from mcpproxy.config.model import (
     SubjectSource,
 )
 from mcpproxy.errors import bad_request
-from mcpproxy.headers import CREDENTIAL_HEADERS, Headers
+from mcpproxy.headers import AUTHORIZATION, CREDENTIAL_HEADERS, Headers
 from mcpproxy.jsonrpc import Body
 from mcpproxy.providerdata import (
     header_value,
@@ -109,7 +109,7 @@ def strip_meta_credentials(body: Body, sources: tuple[SubjectSource, ...]) -> bo
 
 def _read(source: SubjectSource, view: RequestView) -> list[str]:
     if isinstance(source, AuthorizationSource):
-        return [_bearer(v) for v in view.headers.getall("Authorization", ())]
+        return [_bearer(v) for v in view.headers.getall(AUTHORIZATION, ())]
     if isinstance(source, HeaderSource):
         return [_strip_prefix(v, source) for v in view.headers.getall(source.name, ())]
     if isinstance(source, ProviderDataSource):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -71,7 +71,25 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
 
 _RESPONSE_DROP_COOKIES = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
 
-REQUEST_ID = "X-Request-Id"
+# Field names looked up on every request. A CIMultiDict folds the case of a str key at each
+# lookup; an istr carries its folded form, which makes the lookup about three times cheaper.
+REQUEST_ID = istr("X-Request-Id")
+#: What the line form of the response policy drops: the proxy sets X-Request-Id itself.
+_LINES_DROP = RESPONSE_DROP | {"x-request-id"}
+_LINES_DROP_COOKIES = _RESPONSE_DROP_COOKIES | {"x-request-id"}
+HOST = istr("Host")
+CONTENT_LENGTH = istr("Content-Length")
+CONNECTION = istr("Connection")
+TRANSFER_ENCODING = istr("Transfer-Encoding")
+EXPECT = istr("Expect")
+UPGRADE = istr("Upgrade")
+HTTP2_SETTINGS = istr("HTTP2-Settings")
+AUTHORIZATION = istr("Authorization")
+MCP_METHOD = istr("Mcp-Method")
+X_FORWARDED_FOR = istr("X-Forwarded-For")
+X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST = istr("X-Forwarded-Host")
+DATE = istr("Date")
 
 
 def is_token(name: str) -> bool:
@@ -82,7 +100,7 @@ def is_token(name: str) -> bool:
 def connection_named(headers: Headers) -> set[str]:
     """Header names listed in ``Connection`` (RFC 9110 §7.6.1): hop-by-hop for this request."""
     named: set[str] = set()
-    for value in headers.getall("Connection", ()):
+    for value in headers.getall(CONNECTION, ()):
         named.update(part.strip().lower() for part in value.split(",") if part.strip())
     return named
 
@@ -102,17 +120,17 @@ def upstream_request_headers(
     them in ``forward_headers``); names the caller lists in ``Connection`` are dropped here too,
     so ``Connection: X-Request-Id`` cannot smuggle an allowlisted header past the policy.
     """
-    dropped = connection_named(incoming) if "connection" in incoming else ()
+    dropped = connection_named(incoming) if CONNECTION in incoming else ()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
         if lower in allowed and lower not in dropped:
             out.add(name, value)
-    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
-    out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
-    out["X-Forwarded-Proto"] = scheme
+    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
+    out[X_FORWARDED_FOR] = f"{prior}, {client_ip}" if prior else client_ip
+    out[X_FORWARDED_PROTO] = scheme
     if host:
-        out["X-Forwarded-Host"] = host
+        out[X_FORWARDED_HOST] = host
     out[REQUEST_ID] = request_id
     return out
 
@@ -122,13 +140,26 @@ def downstream_response_headers(
 ) -> CIMultiDict[str]:
     """Headers relayed to the caller: hop-by-hop and Connection-named ones removed."""
     removed = RESPONSE_DROP if relay_set_cookie else _RESPONSE_DROP_COOKIES
-    if drop or "Connection" in upstream:
+    if drop or CONNECTION in upstream:
         removed = removed | connection_named(upstream) | {d.lower() for d in drop}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in removed:
             out.add(name, value)
     return out
+
+
+def downstream_response_lines(
+    names: list[str], lines: list[str], *, relay_set_cookie: bool
+) -> list[str] | None:
+    """:func:`downstream_response_headers` over a head's field lines as received (``names``: each
+    line's name in lower case), keeping lines whole; without the ``X-Request-Id`` the proxy sets
+    itself. None when a ``Connection`` field is present: its options name more fields to drop,
+    which the multidict form handles."""
+    if "connection" in names:
+        return None
+    removed = _LINES_DROP if relay_set_cookie else _LINES_DROP_COOKIES
+    return [line for name, line in zip(names, lines, strict=True) if name not in removed]
 
 
 def route_allowlist(forward_headers: Iterable[str], strip: Iterable[str]) -> frozenset[str]:

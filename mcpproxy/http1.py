@@ -20,6 +20,16 @@ from enum import Enum
 
 from multidict import CIMultiDict
 
+from mcpproxy.headers import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    EXPECT,
+    HOST,
+    HTTP2_SETTINGS,
+    TRANSFER_ENCODING,
+    UPGRADE,
+)
+
 #: The bytes a header line may hold besides its CRLF: HTAB, SP and visible ASCII (checked with
 #: ``bytes.translate``, which runs at memory speed where a regex over a 1 KB JWT took ~10 µs).
 _LINE_BYTES = bytes([0x09, *range(0x20, 0x7F)])
@@ -30,8 +40,6 @@ _VALID_NAMES: set[str] = set()
 _MAX_VALID_NAMES = 256
 #: An origin-form request target of visible ASCII.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
-_DIGITS = re.compile(rb"[0-9]{1,15}")
-_DECIMAL = re.compile(r"[0-9]{1,15}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 #: Request methods the relay serves; the rest (GET streams, HEAD, OPTIONS...) go to aiohttp.
 RELAYED_METHODS = frozenset({b"POST", b"DELETE"})
@@ -96,28 +104,28 @@ def _fields(block: bytes) -> CIMultiDict[str] | None:
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> RequestHead | None:
-    if (
-        "Transfer-Encoding" in headers
-        or "Expect" in headers
-        or "Upgrade" in headers
-        or "HTTP2-Settings" in headers
-    ):
+    if TRANSFER_ENCODING in headers or EXPECT in headers or UPGRADE in headers or HTTP2_SETTINGS in headers:
         return None
-    hosts = headers.getall("Host", ())
-    lengths = headers.getall("Content-Length", ())
+    hosts = headers.getall(HOST, ())
+    lengths = headers.getall(CONTENT_LENGTH, ())
     if len(hosts) != 1 or len(lengths) > 1:
         return None
     length = 0
     if lengths:
-        if _DIGITS.fullmatch(lengths[0].encode()) is None:
+        if not _decimal(lengths[0]):
             return None
         length = int(lengths[0])
     return RequestHead(method, target, headers, hosts[0], length, "close" not in _connection(headers))
 
 
+def _decimal(value: str) -> bool:
+    """1 to 15 ASCII digits (``str.isdigit`` alone also takes other scripts' digits)."""
+    return 0 < len(value) <= 15 and value.isascii() and value.isdigit()
+
+
 def _connection(headers: CIMultiDict[str]) -> str:
     """Every ``Connection`` field's options, lower-case (it is a list, possibly over several lines)."""
-    return ",".join(headers.getall("Connection", ())).lower()
+    return ",".join(headers.getall(CONNECTION, ())).lower()
 
 
 class Framing(Enum):
@@ -131,12 +139,21 @@ class Framing(Enum):
 class ResponseHead:
     status: int
     reason: str
-    headers: CIMultiDict[str]
+    #: The field lines as received ("Name: value", in order), and each one's name in lower case:
+    #: the relay passes the lines it keeps on as they are, with no multidict in between.
+    lines: list[str]
+    names: list[str]
     framing: Framing
     length: int
     keep_alive: bool
     #: The media type, lower-case, without parameters ("" when there is none).
     content_type: str = ""
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """The fields as a multidict: names as sent, values without surrounding blanks."""
+        pairs = (line.partition(":") for line in self.lines)
+        return CIMultiDict((name, value.strip(" \t")) for name, _, value in pairs)
 
 
 #: Response fields that decide framing and reuse, collected while the head is split.
@@ -160,52 +177,51 @@ def parse_response_head(block: bytes) -> ResponseHead:
         or (rest and rest[0] != " ")
     ):
         raise ProtocolViolation("malformed status line")
-    pairs = []
-    framing: dict[str, list[str]] = {}
-    for line in lines[1:]:
+    del lines[0]
+    names = []
+    framing = []
+    for line in lines:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
             raise ProtocolViolation("malformed header field")
-        value = value.strip(" \t")
-        pairs.append((name, value))
         lower = name.lower()
+        names.append(lower)
         if lower in _FRAMING_FIELDS:
-            framing.setdefault(lower, []).append(value)
-    media = framing.get("content-type")
-    head = ResponseHead(
-        int(code),
-        rest[1:],
-        CIMultiDict(pairs),
-        Framing.NONE,
-        0,
-        False,
-        media[0].partition(";")[0].strip().lower() if media else "",
-    )
-    _frame(head, framing, status_line[:8] == "HTTP/1.1")
-    return head
+            framing.append((lower, value.strip(" \t")))
+    status = int(code)
+    return ResponseHead(status, rest[1:], lines, names, *_frame(status, framing, status_line[7] == "1"))
 
 
-def _frame(head: ResponseHead, fields: dict[str, list[str]], http11: bool) -> None:
-    """Set the head's framing, length and reuse from its collected framing fields."""
-    connection = ",".join(fields.get("connection", ())).lower()
-    head.keep_alive = ("close" not in connection) if http11 else ("keep-alive" in connection)
-    if head.status < 200 or head.status in (204, 304):
-        return
-    codings = fields.get("transfer-encoding")
-    lengths = fields.get("content-length")
+def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Framing, int, bool, str]:
+    """Framing, length, reuse and media type, from the head's framing fields (name, value)."""
+    connection, codings, lengths = [], [], []
+    media = None
+    for name, value in fields:
+        if name == "content-length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            codings.append(value)
+        elif name == "connection":
+            connection.append(value)
+        elif media is None:
+            media = value.partition(";")[0].strip().lower()
+    options = ",".join(connection).lower()
+    keep_alive = ("close" not in options) if http11 else ("keep-alive" in options)
+    content_type = media or ""
+    if status < 200 or status in (204, 304):
+        return Framing.NONE, 0, keep_alive, content_type
     if codings:
         if ",".join(codings).rsplit(",", 1)[-1].strip().lower() != "chunked" or lengths:
             raise ProtocolViolation("unsupported or conflicting transfer coding")
-        head.framing = Framing.CHUNKED
-    elif lengths:
+        return Framing.CHUNKED, 0, keep_alive, content_type
+    if lengths:
         value = lengths[0]
-        if any(other != value for other in lengths):
+        if lengths.count(value) != len(lengths):
             raise ProtocolViolation("conflicting Content-Length")
-        if not _DECIMAL.fullmatch(value):
+        if not _decimal(value):
             raise ProtocolViolation("malformed Content-Length")
-        head.framing, head.length = Framing.LENGTH, int(value)
-    else:
-        head.framing, head.keep_alive = Framing.CLOSE, False
+        return Framing.LENGTH, int(value), keep_alive, content_type
+    return Framing.CLOSE, 0, False, content_type
 
 
 class ChunkScanner:
@@ -288,6 +304,11 @@ def encode_head(start_line: str, headers: CIMultiDict[str]) -> bytes:
     return "\r\n".join([start_line, *[": ".join(field) for field in headers.items()], "", ""]).encode(
         "latin-1"
     )
+
+
+def encode_lines(start_line: str, lines: list[str]) -> bytes:
+    """A message head on the wire from its field lines ("Name: value", already checked)."""
+    return "\r\n".join([start_line, *lines, "", ""]).encode("latin-1")
 
 
 def safe_value(value: str) -> bool:

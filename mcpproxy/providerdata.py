@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from multidict import istr
+
 from mcpproxy.errors import bad_request
 from mcpproxy.headers import Headers
 
-PROVIDER_DATA_HEADERS = ("X-LlamaStack-Provider-Data", "X-OGX-Provider-Data")
+PROVIDER_DATA_HEADERS = (istr("X-LlamaStack-Provider-Data"), istr("X-OGX-Provider-Data"))
 MCP_HEADERS_HEADER = "MCP-HEADERS"
 _MAX_JSON_DEPTH = 8
 

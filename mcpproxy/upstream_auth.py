@@ -6,6 +6,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Final, Protocol
 
+from multidict import istr
+
 from mcpproxy.config.model import (
     ExchangeUpstreamAuth,
     ForwardUpstreamAuth,
@@ -44,7 +46,8 @@ class UpstreamCredential:
             raise ValueError("an exchange route needs a token source")
         self.rule = rule
         self.tokens = tokens
-        self.header = getattr(rule, "header", None)
+        header = getattr(rule, "header", None)
+        self.header = istr(header) if header else None  # an istr, as the names in mcpproxy.headers
         self.retries_on_401 = isinstance(rule, ExchangeUpstreamAuth)
         self._static: str | None = None
         if isinstance(rule, StaticUpstreamAuth):

@@ -8,10 +8,18 @@ import pickle
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from mcpproxy.errors import ProxyError
-from mcpproxy.headers import downstream_response_headers, route_allowlist, upstream_request_headers
+from mcpproxy.headers import (
+    downstream_response_headers,
+    downstream_response_lines,
+    route_allowlist,
+    upstream_request_headers,
+)
+from mcpproxy.http1 import parse_response_head
 from mcpproxy.logs import AccessEntry, encode_access
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
@@ -265,3 +273,53 @@ _ACCESS_ALWAYS = {
 def test_access_line_cannot_carry_a_secret() -> None:
     with pytest.raises(TypeError):
         encode_access(_ENTRY._replace(sub=Secret("planted-token-123456")), "t")  # type: ignore[arg-type]
+
+
+_RESPONSE_NAMES = [
+    "Content-Type",
+    "Mcp-Session-Id",
+    "Set-Cookie",
+    "set-cookie",
+    "Set-Cookie2",
+    "Date",
+    "Server",
+    "Keep-Alive",
+    "Trailer",
+    "Proxy-Authenticate",
+    "Upgrade",
+    "X-Request-Id",
+    "x-request-id",
+    "WWW-Authenticate",
+    "X-Custom",
+    "Content-Length",
+    "Connection",
+]
+#: Framing fields get values that frame the answer validly; the rest any visible text.
+_FRAMING_VALUES = {"Content-Length": "5", "Connection": "keep-alive"}
+
+
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(_RESPONSE_NAMES),
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
+        ),
+        max_size=10,
+    ),
+    relay_set_cookie=st.booleans(),
+)
+def test_response_policy_on_lines_agrees_with_the_multidict_form(
+    fields: list[tuple[str, str]], relay_set_cookie: bool
+) -> None:
+    block = "HTTP/1.1 200 OK\r\n"
+    block += "".join(f"{name}: {_FRAMING_VALUES.get(name, value)}\r\n" for name, value in fields)
+    head = parse_response_head((block + "\r\n").encode())
+    lines = downstream_response_lines(head.names, head.lines, relay_set_cookie=relay_set_cookie)
+    if any(name == "Connection" for name, _ in fields):
+        assert lines is None  # its options may name more fields: the multidict form decides
+        return
+    assert lines is not None
+    expected = downstream_response_headers(head.headers, relay_set_cookie=relay_set_cookie)
+    expected.popall("X-Request-Id", None)  # the relay adds its own
+    relayed = [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in lines)]
+    assert relayed == list(expected.items())

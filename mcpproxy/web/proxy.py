@@ -35,12 +35,15 @@ from mcpproxy.credentials import (
 )
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError, missing_credential
 from mcpproxy.headers import (
+    MCP_METHOD,
     REQUEST_ID,
     Headers,
     downstream_response_headers,
+    downstream_response_lines,
     route_allowlist,
     upstream_request_headers,
 )
+from mcpproxy.http1 import ResponseHead
 from mcpproxy.inbound import Identity, TokenVerifier
 from mcpproxy.jsonrpc import Body, parse_body
 from mcpproxy.metrics import Registry
@@ -265,8 +268,8 @@ class ProxyHandler:
             outcome.mcp_method = body.method
             if runtime.records_calls:
                 outcome.calls = calls_in(body)
-        elif "Mcp-Method" in incoming.headers:
-            outcome.mcp_method = incoming.headers["Mcp-Method"][:64]
+        elif MCP_METHOD in incoming.headers:
+            outcome.mcp_method = incoming.headers[MCP_METHOD][:64]
 
     def error_response(
         self,
@@ -543,6 +546,22 @@ class ProxyHandler:
         if status == 401 or (status == 403 and "WWW-Authenticate" in headers):
             self._point_challenge(headers, incoming, runtime)
         return headers
+
+    def answer_lines(
+        self, head: ResponseHead, incoming: Incoming, runtime: RouteRuntime, request_id: str
+    ) -> list[str]:
+        """:meth:`answer_headers` as field lines, for the relay: the upstream's lines that stay
+        pass on as they came, except where a challenge is rewritten or ``Connection`` names
+        more fields to drop (then through the multidict)."""
+        lines = None
+        if head.status not in (401, 403):
+            relay_set_cookie = runtime.settings.relay_set_cookie
+            lines = downstream_response_lines(head.names, head.lines, relay_set_cookie=relay_set_cookie)
+        if lines is None:
+            headers = self.answer_headers(head.headers, head.status, incoming, runtime, request_id)
+            return [": ".join(field) for field in headers.items()]
+        lines.append("X-Request-Id: " + request_id)
+        return lines
 
     def _point_challenge(self, headers: CIMultiDict[str], incoming: Incoming, runtime: RouteRuntime) -> None:
         """An upstream's 401/403 challenge, pointed at the proxy's metadata for the route."""

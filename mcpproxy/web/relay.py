@@ -26,12 +26,14 @@ from multidict import CIMultiDict
 
 from mcpproxy import prm
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
+from mcpproxy.headers import CONTENT_LENGTH
 from mcpproxy.http1 import (
     END_OF_HEAD,
     Framing,
     RequestHead,
     ResponseHead,
     encode_head,
+    encode_lines,
     parse_request_head,
     safe_value,
 )
@@ -376,7 +378,7 @@ class CallerConnection(asyncio.Protocol):
         start = f"{head.method} {target} HTTP/1.1\r\nHost: {origin.host_header}"
         body = request.body.raw if request.body is not None else b""
         if head.method == "POST" or body:
-            headers["Content-Length"] = str(len(body))
+            headers[CONTENT_LENGTH] = str(len(body))
         try:
             return encode_head(start, headers) + body
         except UnicodeEncodeError:
@@ -438,18 +440,17 @@ class CallerConnection(asyncio.Protocol):
         )
         assert isinstance(response.body, bytes)
         headers = CIMultiDict(response.headers)
-        headers["Content-Length"] = str(len(response.body))
-        self.write_head(response.status, response.reason, headers)
+        headers[CONTENT_LENGTH] = str(len(response.body))
+        lines = [": ".join(field) for field in headers.items()]
+        self.write(self.encode_head(response.status, response.reason, lines))
         self.write(response.body)
 
-    def write_head(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
-        self.write(self.encode_head(status, reason, headers))
-
-    def encode_head(self, status: int, reason: str, headers: CIMultiDict[str]) -> bytes:
-        headers["Date"] = _http_date()
+    def encode_head(self, status: int, reason: str, lines: list[str]) -> bytes:
+        """An answer's head from its field lines, with the connection's own fields added."""
+        lines.append("Date: " + _http_date())
         if self._close_after:
-            headers["Connection"] = "close"
-        return encode_head(f"HTTP/1.1 {status} {reason}", headers)
+            lines.append("Connection: close")
+        return encode_lines(f"HTTP/1.1 {status} {reason}", lines)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -570,19 +571,17 @@ class _Exchange:
             self._caller.retry(request)
             return
         route = runtime.settings
-        headers = handler.answer_headers(
-            head.headers, head.status, request.incoming, runtime, request.request_id
-        )
+        lines = handler.answer_lines(head, request.incoming, runtime, request.request_id)
         handler.metrics.upstream_latency.observe_at((route.name,), outcome.upstream_s)
         if head.framing is Framing.LENGTH:
-            headers["Content-Length"] = str(head.length)
+            lines.append("Content-Length: %d" % head.length)  # noqa: UP031 - see logs._timestamp
         elif head.framing is not Framing.NONE:
-            headers["Transfer-Encoding"] = "chunked"
+            lines.append("Transfer-Encoding: chunked")
             self._chunked_out = head.framing is Framing.CLOSE
         self._is_sse = head.content_type == "text/event-stream"
         if self._is_sse:
             handler.metrics.open_streams.inc(route=route.name)
-        encoded = self._caller.encode_head(head.status, head.reason, headers)
+        encoded = self._caller.encode_head(head.status, head.reason, lines)
         if head.framing is Framing.LENGTH and head.length <= SMALL_BODY and not self._is_sse:
             self._held = [encoded]
             return
