@@ -74,22 +74,20 @@ _RESPONSE_DROP_COOKIES = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
 # Field names looked up on every request. A CIMultiDict folds the case of a str key at each
 # lookup; an istr carries its folded form, which makes the lookup about three times cheaper.
 REQUEST_ID = istr("X-Request-Id")
+#: Request fields the proxy sets itself (with or without X-Forwarded-Host): never the caller's.
+_PROXY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+_PROXY_SET_NO_HOST = _PROXY_SET - {"x-forwarded-host"}
 #: What the line form of the response policy drops: the proxy sets X-Request-Id itself.
 _LINES_DROP = RESPONSE_DROP | {"x-request-id"}
 _LINES_DROP_COOKIES = _RESPONSE_DROP_COOKIES | {"x-request-id"}
 HOST = istr("Host")
 CONTENT_LENGTH = istr("Content-Length")
 CONNECTION = istr("Connection")
-TRANSFER_ENCODING = istr("Transfer-Encoding")
-EXPECT = istr("Expect")
-UPGRADE = istr("Upgrade")
-HTTP2_SETTINGS = istr("HTTP2-Settings")
 AUTHORIZATION = istr("Authorization")
 MCP_METHOD = istr("Mcp-Method")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
-DATE = istr("Date")
 
 
 def is_token(name: str) -> bool:
@@ -132,6 +130,37 @@ def upstream_request_headers(
     if host:
         out[X_FORWARDED_HOST] = host
     out[REQUEST_ID] = request_id
+    return out
+
+
+def upstream_request_lines(
+    names: list[str],
+    lines: list[str],
+    incoming: Headers,
+    allowed: frozenset[str],
+    *,
+    client_ip: str,
+    scheme: str,
+    host: str,
+    request_id: str,
+    replaced: str | None = None,
+) -> list[str]:
+    """:func:`upstream_request_headers` over the request's field lines as received (``names``:
+    each line's name in lower case; ``incoming``: the same fields as a multidict), keeping lines
+    whole. ``replaced`` names a field the caller adds next (the upstream credential's), which
+    no line of the caller's may then carry."""
+    dropped = _PROXY_SET if host else _PROXY_SET_NO_HOST
+    if "connection" in names:
+        dropped = dropped | connection_named(incoming)
+    if replaced is not None and replaced.lower() in allowed:
+        dropped = dropped | {replaced.lower()}
+    out = [line for name, line in zip(names, lines, strict=True) if name in allowed and name not in dropped]
+    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
+    out.append(f"X-Forwarded-For: {prior}, {client_ip}" if prior else "X-Forwarded-For: " + client_ip)
+    out.append("X-Forwarded-Proto: " + scheme)
+    if host:
+        out.append("X-Forwarded-Host: " + host)
+    out.append("X-Request-Id: " + request_id)
     return out
 
 

@@ -23,24 +23,23 @@ from multidict import CIMultiDict
 from mcpproxy.headers import (
     CONNECTION,
     CONTENT_LENGTH,
-    EXPECT,
     HOST,
-    HTTP2_SETTINGS,
-    TRANSFER_ENCODING,
-    UPGRADE,
 )
 
 #: The bytes a header line may hold besides its CRLF: HTAB, SP and visible ASCII (checked with
 #: ``bytes.translate``, which runs at memory speed where a regex over a 1 KB JWT took ~10 µs).
 _LINE_BYTES = bytes([0x09, *range(0x20, 0x7F)])
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Field names already found valid: clients send the same dozen names on every request, and a
-#: set lookup costs a fraction of the regex. Bounded, so odd names cannot grow it.
-_VALID_NAMES: set[str] = set()
+#: Field names already found valid, each with its lower-case form: clients send the same dozen
+#: names on every request, and a dict lookup costs a fraction of the regex. Bounded, so odd
+#: names cannot grow it.
+_VALID_NAMES: dict[str, str] = {}
 _MAX_VALID_NAMES = 256
 #: An origin-form request target of visible ASCII.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+#: Request fields the relay leaves to aiohttp (a body framed otherwise, a protocol switch).
+_NOT_RELAYED = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
 #: Request methods the relay serves; the rest (GET streams, HEAD, OPTIONS...) go to aiohttp.
 RELAYED_METHODS = frozenset({b"POST", b"DELETE"})
 #: Upper bound for an upstream's response head.
@@ -60,6 +59,10 @@ class RequestHead:
     host: str
     content_length: int
     keep_alive: bool
+    #: The field lines as received ("Name: value", in order), and each one's name in lower case
+    #: (what the relay forwards is chosen from these: :func:`mcpproxy.headers.upstream_request_lines`).
+    lines: list[str]
+    names: list[str]
 
 
 def parse_request_head(block: bytes) -> RequestHead | None:
@@ -72,17 +75,18 @@ def parse_request_head(block: bytes) -> RequestHead | None:
         return None
     if _TARGET.fullmatch(parts[1]) is None:
         return None
-    headers = _fields(block[line_end + 2 : -4])
-    if headers is None:
+    fields = _fields(block[line_end + 2 : -4])
+    if fields is None:
         return None
-    return _request_head(parts[0].decode(), parts[1].decode(), headers)
+    return _request_head(parts[0].decode(), parts[1].decode(), *fields)
 
 
-def _fields(block: bytes) -> CIMultiDict[str] | None:
-    """Header fields (``block`` without its last CRLF), or None unless each is ``token ":" value``
-    of visible ASCII, SP and HTAB, and every line ends with CRLF."""
+def _fields(block: bytes) -> tuple[CIMultiDict[str], list[str], list[str]] | None:
+    """Header fields (``block`` without its last CRLF) as a multidict, their lines and their
+    lower-case names; None unless each is ``token ":" value`` of visible ASCII, SP and HTAB, and
+    every line ends with CRLF."""
     if not block:
-        return CIMultiDict()
+        return CIMultiDict(), [], []
     text = block.decode("latin-1")
     lines = text.split("\r\n")
     # What is left once the allowed bytes are removed must be exactly one CR LF per line break:
@@ -90,32 +94,36 @@ def _fields(block: bytes) -> CIMultiDict[str] | None:
     if block.translate(None, _LINE_BYTES) != b"\r\n" * (len(lines) - 1):
         return None
     pairs = []
+    names = []
     for line in lines:
         name, sep, value = line.partition(":")
         if not sep:
             return None
-        if name not in _VALID_NAMES:
+        lower = _VALID_NAMES.get(name)
+        if lower is None:
             if _NAME.fullmatch(name) is None:
                 return None
+            lower = name.lower()
             if len(_VALID_NAMES) < _MAX_VALID_NAMES:
-                _VALID_NAMES.add(name)
+                _VALID_NAMES[name] = lower
         pairs.append((name, value.strip(" \t")))
-    return CIMultiDict(pairs)
+        names.append(lower)
+    return CIMultiDict(pairs), lines, names
 
 
-def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> RequestHead | None:
-    if TRANSFER_ENCODING in headers or EXPECT in headers or UPGRADE in headers or HTTP2_SETTINGS in headers:
-        return None
-    hosts = headers.getall(HOST, ())
-    lengths = headers.getall(CONTENT_LENGTH, ())
-    if len(hosts) != 1 or len(lengths) > 1:
+def _request_head(
+    method: str, target: str, headers: CIMultiDict[str], lines: list[str], names: list[str]
+) -> RequestHead | None:
+    if not _NOT_RELAYED.isdisjoint(names) or names.count("host") != 1:
         return None
     length = 0
-    if lengths:
-        if not _decimal(lengths[0]):
+    if "content-length" in names:
+        lengths = headers.getall(CONTENT_LENGTH)
+        if len(lengths) > 1 or not _decimal(lengths[0]):
             return None
         length = int(lengths[0])
-    return RequestHead(method, target, headers, hosts[0], length, "close" not in _connection(headers))
+    keep_alive = "connection" not in names or "close" not in _connection(headers)
+    return RequestHead(method, target, headers, headers[HOST], length, keep_alive, lines, names)
 
 
 def _decimal(value: str) -> bool:
@@ -294,16 +302,6 @@ class ChunkScanner:
             else:
                 self._state, self._remaining = 1, size
         return newline + 1
-
-
-def encode_head(start_line: str, headers: CIMultiDict[str]) -> bytes:
-    """A message head on the wire. Values must already be free of CR, LF and NUL.
-
-    (Joined, not formatted: the names a CIMultiDict hands out are ``istr``, and an f-string
-    looks up ``__format__`` on every one of them, which made this 2.8x slower.)"""
-    return "\r\n".join([start_line, *[": ".join(field) for field in headers.items()], "", ""]).encode(
-        "latin-1"
-    )
 
 
 def encode_lines(start_line: str, lines: list[str]) -> bytes:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
 
 from mcpproxy.http1 import (
     ChunkScanner,
@@ -22,7 +21,7 @@ from mcpproxy.http1 import (
     ProtocolViolation,
     RequestHead,
     ResponseHead,
-    encode_head,
+    encode_lines,
     parse_request_head,
     parse_response_head,
     safe_value,
@@ -906,25 +905,29 @@ def test_chunk_scanner_property_random_bodies_and_splits(
     assert total == len(body)
 
 
-# --------------------------------------------------------------------------- encode_head / safe_value
+# --------------------------------------------------------------------------- encode_lines / safe_value
 
 
-def test_encode_head_exact_bytes() -> None:
-    headers: CIMultiDict[str] = CIMultiDict(
-        [("Content-Type", "application/json"), ("X-A", "1"), ("x-a", "2")]
-    )
-    assert encode_head("HTTP/1.1 200 OK", headers) == (
+def _lines(fields: list[tuple[str, str]]) -> list[str]:
+    return [f"{name}: {value}" for name, value in fields]
+
+
+def test_encode_lines_exact_bytes() -> None:
+    lines = _lines([("Content-Type", "application/json"), ("X-A", "1"), ("x-a", "2")])
+    assert encode_lines("HTTP/1.1 200 OK", lines) == (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
     )
 
 
-def test_encode_head_without_fields() -> None:
-    assert encode_head("HTTP/1.1 204 No Content", CIMultiDict()) == b"HTTP/1.1 204 No Content\r\n\r\n"
+def test_encode_lines_without_fields() -> None:
+    assert encode_lines("HTTP/1.1 204 No Content", []) == b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
-def test_encode_head_latin1_values() -> None:
-    headers: CIMultiDict[str] = CIMultiDict([("X-Latin", "caf\xe9")])
-    assert encode_head("HTTP/1.1 200 OK", headers) == b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\n\r\n"
+def test_encode_lines_latin1_values() -> None:
+    assert (
+        encode_lines("HTTP/1.1 200 OK", ["X-Latin: caf\xe9"])
+        == b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\n\r\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -937,15 +940,16 @@ def test_encode_head_latin1_values() -> None:
         ("HTTP/1.1 404 Not Found", [("X-Empty", ""), ("Content-Length", "0")], Framing.LENGTH, 0),
     ],
 )
-def test_encode_head_round_trips_through_parse_response_head(
+def test_encode_lines_round_trips_through_parse_response_head(
     start_line: str, fields: list[tuple[str, str]], framing: Framing, length: int
 ) -> None:
-    headers: CIMultiDict[str] = CIMultiDict(fields)
-    parsed = parse_response_head(encode_head(start_line, headers))
+    parsed = parse_response_head(encode_lines(start_line, _lines(fields)))
     _, status, reason = start_line.split(" ", 2)
     assert parsed.status == int(status)
     assert parsed.reason == reason
     assert list(parsed.headers.items()) == fields
+    assert parsed.lines == _lines(fields)
+    assert parsed.names == [name.lower() for name, _ in fields]
     assert parsed.framing is framing
     assert parsed.length == length
 
@@ -958,15 +962,16 @@ def test_encode_head_round_trips_through_parse_response_head(
         ("POST / HTTP/1.1", [("Host", "h"), ("Connection", "close"), ("X-A", "1"), ("x-a", "2")], 0, False),
     ],
 )
-def test_encode_head_round_trips_through_parse_request_head(
+def test_encode_lines_round_trips_through_parse_request_head(
     start_line: str, fields: list[tuple[str, str]], length: int, keep_alive: bool
 ) -> None:
-    headers: CIMultiDict[str] = CIMultiDict(fields)
-    parsed = parse_request_head(encode_head(start_line, headers))
+    parsed = parse_request_head(encode_lines(start_line, _lines(fields)))
     assert parsed is not None
     method, target, _ = start_line.split(" ")
     assert (parsed.method, parsed.target) == (method, target)
     assert list(parsed.headers.items()) == fields
+    assert parsed.lines == _lines(fields)
+    assert parsed.names == [name.lower() for name, _ in fields]
     assert parsed.content_length == length
     assert parsed.keep_alive is keep_alive
 
@@ -977,9 +982,8 @@ _field_values = st.from_regex(r"\A([!-~]([ \t!-~]{0,20}[!-~])?)?\Z")
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(_field_names, _field_values), max_size=6))
-def test_encode_head_round_trip_property(fields: list[tuple[str, str]]) -> None:
-    headers: CIMultiDict[str] = CIMultiDict(fields)
-    parsed = parse_response_head(encode_head("HTTP/1.1 299 Anything Goes", headers))
+def test_encode_lines_round_trip_property(fields: list[tuple[str, str]]) -> None:
+    parsed = parse_response_head(encode_lines("HTTP/1.1 299 Anything Goes", _lines(fields)))
     assert parsed.status == 299
     assert parsed.reason == "Anything Goes"
     assert list(parsed.headers.items()) == fields

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -18,6 +18,7 @@ from mcpproxy.headers import (
     downstream_response_lines,
     route_allowlist,
     upstream_request_headers,
+    upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
 from mcpproxy.logs import AccessEntry, encode_access
@@ -323,3 +324,59 @@ def test_response_policy_on_lines_agrees_with_the_multidict_form(
     expected.popall("X-Request-Id", None)  # the relay adds its own
     relayed = [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in lines)]
     assert relayed == list(expected.items())
+
+
+_REQUEST_NAMES = [
+    "Accept",
+    "Content-Type",
+    "Mcp-Session-Id",
+    "X-Tenant",
+    "x-tenant",
+    "Authorization",
+    "Cookie",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Request-Id",
+    "X-Upstream-Key",
+    "Connection",
+    "Keep-Alive",
+    "Traceparent",
+]
+
+
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(_REQUEST_NAMES),
+            st.sampled_from(["a", "b c", "X-Tenant", "close, x-tenant", "mcp-session-id", ""]),
+        ),
+        max_size=10,
+    ),
+    host=st.sampled_from(["h.example", ""]),
+    replaced=st.sampled_from([None, "Authorization", "X-Upstream-Key", "x-tenant"]),
+)
+@example(fields=[("X-Tenant", "a"), ("Connection", "close, x-tenant")], host="h", replaced=None)
+@example(fields=[("X-Upstream-Key", "a"), ("X-Forwarded-Host", "b")], host="", replaced="X-Upstream-Key")
+def test_request_policy_on_lines_agrees_with_the_multidict_form(
+    fields: list[tuple[str, str]], host: str, replaced: str | None
+) -> None:
+    allowed = route_allowlist(["x-tenant", "x-upstream-key", "x-forwarded-for", "x-forwarded-host"], [])
+    lines = [f"{name}: {value}" for name, value in fields]
+    incoming = CIMultiDict(fields)
+    names = [name.lower() for name, _ in fields]
+    context = {"client_ip": "10.0.0.9", "scheme": "http", "host": host, "request_id": "rid"}
+    got = upstream_request_lines(names, lines, incoming, allowed, replaced=replaced, **context)
+    expected = upstream_request_headers(incoming, allowed, **context)
+    if replaced is not None:
+        expected[replaced] = "credential"
+        got.append(f"{replaced}: credential")
+    sent = [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in got)]
+    assert _by_name(sent) == _by_name(expected.items())
+
+
+def _by_name(fields: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each field name (lower case) with its values in order: what a multi-valued field means."""
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        values.setdefault(name.lower(), []).append(value)
+    return values

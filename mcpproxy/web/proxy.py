@@ -173,9 +173,8 @@ class Incoming:
 
 @dataclass(slots=True)
 class Prepared:
-    """A request judged fit to forward: its upstream headers and credential rule."""
+    """A request judged fit to forward: its credential rule."""
 
-    headers: CIMultiDict[str]
     credential: UpstreamCredential
     subject: Subject | None
     list_filter: ListFilter | None
@@ -354,8 +353,8 @@ class ProxyHandler:
         request_id: str,
         outcome: Outcome,
     ) -> Prepared:
-        """The last step of :meth:`prepare`, once the subject and identity are known: policy,
-        the credential rule, the upstream headers."""
+        """The last step of :meth:`prepare`, once the subject and identity are known: policy and
+        the credential rule. (Each server layer builds the upstream headers its own way.)"""
         subject, identity = outcome.subject, outcome.identity
         list_filter = None
         if runtime.policy is not None:
@@ -371,15 +370,7 @@ class ProxyHandler:
         if credential.needs_subject and subject is None:
             credential = _fallback_for(runtime, incoming.method, body)
             outcome.fallback = True
-        headers = upstream_request_headers(
-            incoming.headers,
-            runtime.allowed,
-            client_ip=incoming.remote,
-            scheme=incoming.scheme,
-            host=incoming.host,
-            request_id=request_id,
-        )
-        return Prepared(headers, credential, subject, list_filter)
+        return Prepared(credential, subject, list_filter)
 
     def admit(self, runtime: RouteRuntime) -> None:
         """Count the request against its route's concurrency limit (release: ``in_flight -= 1``)."""
@@ -403,7 +394,15 @@ class ProxyHandler:
         prepared = await self.prepare(incoming, runtime, body, request_id, outcome)
         self.admit(runtime)
         try:
-            upstream = await self._send(request, runtime, prepared, match, body, outcome)
+            headers = upstream_request_headers(
+                incoming.headers,
+                runtime.allowed,
+                client_ip=incoming.remote,
+                scheme=incoming.scheme,
+                host=incoming.host,
+                request_id=request_id,
+            )
+            upstream = await self._send(request, runtime, prepared, headers, match, body, outcome)
             return await self._relay(
                 request, incoming, runtime, match, upstream, request_id, outcome, prepared.list_filter
             )
@@ -415,12 +414,13 @@ class ProxyHandler:
         request: web.Request,
         runtime: RouteRuntime,
         prepared: Prepared,
+        headers: CIMultiDict[str],
         match: Match,
         body: Body | None,
         outcome: Outcome,
     ) -> aiohttp.ClientResponse:
         """Send upstream; on a 401 to an exchanged token, drop it and retry once with a fresh one."""
-        credential, headers, subject = prepared.credential, prepared.headers, prepared.subject
+        credential, subject = prepared.credential, prepared.subject
         replayable = body is not None or not request.body_exists
         for attempt in (1, 2):
             value = await credential.value(subject)

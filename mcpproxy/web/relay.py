@@ -26,13 +26,12 @@ from multidict import CIMultiDict
 
 from mcpproxy import prm
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
-from mcpproxy.headers import CONTENT_LENGTH
+from mcpproxy.headers import CONTENT_LENGTH, upstream_request_lines
 from mcpproxy.http1 import (
     END_OF_HEAD,
     Framing,
     RequestHead,
     ResponseHead,
-    encode_head,
     encode_lines,
     parse_request_head,
     safe_value,
@@ -365,22 +364,34 @@ class CallerConnection(asyncio.Protocol):
     def _upstream_request(self, request: _Request, value: str | None) -> bytes:
         prepared = request.prepared
         assert prepared is not None
-        credential, headers = prepared.credential, prepared.headers
+        credential, head, runtime = prepared.credential, request.head, request.runtime
+        incoming = request.incoming
         request.sent_value = value
+        lines = upstream_request_lines(
+            head.names,
+            head.lines,
+            incoming.headers,
+            runtime.allowed,
+            client_ip=incoming.remote,
+            scheme=incoming.scheme,
+            host=incoming.host,
+            request_id=request.request_id,
+            replaced=credential.header,
+        )
         if value is not None and credential.header:
             if not safe_value(value):
                 raise ProxyError(
                     502, "upstream credential unusable", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
                 )
-            headers[credential.header] = value
-        head, origin = request.head, request.runtime.pool.origin
+            lines.append(f"{credential.header}: {value}")
+        origin = runtime.pool.origin
         target = origin.target(request.match.upstream_url)
         start = f"{head.method} {target} HTTP/1.1\r\nHost: {origin.host_header}"
         body = request.body.raw if request.body is not None else b""
         if head.method == "POST" or body:
-            headers[CONTENT_LENGTH] = str(len(body))
+            lines.append("Content-Length: %d" % len(body))  # noqa: UP031 - see logs._timestamp
         try:
-            return encode_head(start, headers) + body
+            return encode_lines(start, lines) + body
         except UnicodeEncodeError:
             raise ProxyError(
                 502, "upstream request cannot be encoded", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
