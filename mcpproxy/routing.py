@@ -7,22 +7,20 @@ move a request outside its route's upstream path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from mcpproxy.config.model import RouteSettings
 from mcpproxy.errors import ProxyError, bad_request
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
+    """A request target's route (a tuple: one is made on every request)."""
+
     route: RouteSettings
     remainder: str  # "" or "/…": the part after the route path, raw (still percent-encoded)
     query: str  # raw query string without "?"
-
-    @property
-    def upstream_url(self) -> str:
-        return upstream_url(self.route.upstream, self.remainder, self.query)
+    upstream_url: str
 
 
 class RouteTable:
@@ -38,15 +36,26 @@ class RouteTable:
         Raises a 400 :class:`ProxyError` for targets that try to escape their route.
         """
         path, _, query = raw_target.partition("?")
-        check_target(path)
+        if path not in _CHECKED:
+            check_target(path)
+            if len(_CHECKED) < _MAX_CHECKED:
+                _CHECKED.add(path)
         route = self._exact.get(path)
         if route is not None:
-            return Match(route, "", query)
+            return Match(route, "", query, upstream_url(route.upstream, "", query))
         for route in self._routes:
             prefix = route.path.rstrip("/")
             if path.startswith(prefix + "/"):
-                return Match(route, path[len(prefix) :], query)
+                remainder = path[len(prefix) :]
+                return Match(route, remainder, query, upstream_url(route.upstream, remainder, query))
         return None
+
+
+#: Paths that passed :func:`check_target`: a client sends the same path on every request of a
+#: session (only the query differs), and a set lookup costs a tenth of the check. Bounded, so
+#: varied paths cannot grow it.
+_CHECKED: set[str] = set()
+_MAX_CHECKED = 1024
 
 
 def check_target(path: str) -> None:
