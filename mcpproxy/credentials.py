@@ -156,7 +156,8 @@ def _bearer(value: str) -> str:
         raise bad_request("Authorization must use the Bearer scheme", reason="malformed_credential")
     rest = rest.strip()
     inner_scheme, _, inner = rest.partition(" ")
-    if inner_scheme.lower() == "bearer" and inner.strip():
+    # (the length first: without a second scheme, inner_scheme is the whole ~1 KB token)
+    if len(inner_scheme) == 6 and inner_scheme.lower() == "bearer" and inner.strip():
         rest = inner.strip()
     return rest
 
