@@ -74,12 +74,9 @@ _RESPONSE_DROP_COOKIES = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
 # Field names looked up on every request. A CIMultiDict folds the case of a str key at each
 # lookup; an istr carries its folded form, which makes the lookup about three times cheaper.
 REQUEST_ID = istr("X-Request-Id")
-#: Request fields the proxy sets itself (with or without X-Forwarded-Host): never the caller's.
-_PROXY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
-_PROXY_SET_NO_HOST = _PROXY_SET - {"x-forwarded-host"}
 #: What the line form of the response policy drops: the proxy sets X-Request-Id itself.
-_LINES_DROP = RESPONSE_DROP | {"x-request-id"}
-_LINES_DROP_COOKIES = _RESPONSE_DROP_COOKIES | {"x-request-id"}
+_LINES_DROP = RESPONSE_DROP | {REQUEST_ID.lower()}
+_LINES_DROP_COOKIES = _RESPONSE_DROP_COOKIES | {REQUEST_ID.lower()}
 HOST = istr("Host")
 CONTENT_LENGTH = istr("Content-Length")
 CONNECTION = istr("Connection")
@@ -88,6 +85,12 @@ MCP_METHOD = istr("Mcp-Method")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
+#: Request fields the proxy sets itself (:func:`_forwarding`, with or without X-Forwarded-Host):
+#: never the caller's.
+_PROXY_SET = frozenset(
+    name.lower() for name in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, REQUEST_ID)
+)
+_PROXY_SET_NO_HOST = _PROXY_SET - {X_FORWARDED_HOST.lower()}
 
 
 def is_token(name: str) -> bool:
@@ -124,12 +127,9 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in allowed and lower not in dropped:
             out.add(name, value)
-    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
-    out[X_FORWARDED_FOR] = f"{prior}, {client_ip}" if prior else client_ip
-    out[X_FORWARDED_PROTO] = scheme
-    if host:
-        out[X_FORWARDED_HOST] = host
-    out[REQUEST_ID] = request_id
+    for line in _forwarding(incoming, client_ip, scheme, host, request_id):
+        name, _, value = line.partition(": ")
+        out[name] = value
     return out
 
 
@@ -155,13 +155,27 @@ def upstream_request_lines(
     if replaced is not None and replaced.lower() in allowed:
         dropped = dropped | {replaced.lower()}
     out = [line for name, line in zip(names, lines, strict=True) if name in allowed and name not in dropped]
-    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
-    out.append(f"X-Forwarded-For: {prior}, {client_ip}" if prior else "X-Forwarded-For: " + client_ip)
-    out.append("X-Forwarded-Proto: " + scheme)
-    if host:
-        out.append("X-Forwarded-Host: " + host)
-    out.append("X-Request-Id: " + request_id)
+    out += _forwarding(incoming, client_ip, scheme, host, request_id)
     return out
+
+
+def _forwarding(incoming: Headers, client_ip: str, scheme: str, host: str, request_id: str) -> list[str]:
+    """The field lines the proxy sets on every upstream request, in place of any the caller sent
+    (as lines: the relay's form, on every request; the multidict form splits them again)."""
+    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
+    lines = [
+        "X-Forwarded-For: " + (f"{prior}, {client_ip}" if prior else client_ip),
+        "X-Forwarded-Proto: " + scheme,
+    ]
+    if host:
+        lines.append("X-Forwarded-Host: " + host)
+    lines.append("X-Request-Id: " + request_id)
+    return lines
+
+
+def field_lines(fields: Iterable[tuple[str, str]]) -> list[str]:
+    """Fields (a multidict's ``items()``, or pairs) as head lines, ``Name: value``."""
+    return list(map(": ".join, fields))
 
 
 def downstream_response_headers(

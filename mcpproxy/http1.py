@@ -122,7 +122,7 @@ def _request_head(
         if len(lengths) > 1 or not _decimal(lengths[0]):
             return None
         length = int(lengths[0])
-    keep_alive = "connection" not in names or "close" not in _connection(headers)
+    keep_alive = "connection" not in names or "close" not in _options(headers.getall(CONNECTION))
     return RequestHead(method, target, headers, headers[HOST], length, keep_alive, lines, names)
 
 
@@ -131,9 +131,9 @@ def _decimal(value: str) -> bool:
     return 0 < len(value) <= 15 and value.isascii() and value.isdigit()
 
 
-def _connection(headers: CIMultiDict[str]) -> str:
-    """Every ``Connection`` field's options, lower-case (it is a list, possibly over several lines)."""
-    return ",".join(headers.getall(CONNECTION, ())).lower()
+def _options(values: list[str]) -> str:
+    """The options of every ``Connection`` field, lower-case (a list, possibly over several lines)."""
+    return ",".join(values).lower()
 
 
 class Framing(Enum):
@@ -213,7 +213,7 @@ def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Fr
             connection.append(value)
         elif media is None:
             media = value.partition(";")[0].strip().lower()
-    options = ",".join(connection).lower()
+    options = _options(connection)
     keep_alive = ("close" not in options) if http11 else ("keep-alive" in options)
     content_type = media or ""
     if status < 200 or status in (204, 304):

@@ -40,6 +40,7 @@ from mcpproxy.headers import (
     Headers,
     downstream_response_headers,
     downstream_response_lines,
+    field_lines,
     route_allowlist,
     upstream_request_headers,
 )
@@ -559,7 +560,7 @@ class ProxyHandler:
             lines = downstream_response_lines(head.names, head.lines, relay_set_cookie=relay_set_cookie)
         if lines is None:
             headers = self.answer_headers(head.headers, head.status, incoming, runtime, request_id)
-            return [": ".join(field) for field in headers.items()]
+            return field_lines(headers.items())
         lines.append("X-Request-Id: " + request_id)
         return lines
 

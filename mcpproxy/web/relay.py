@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from mcpproxy import prm
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
-from mcpproxy.headers import CONTENT_LENGTH, upstream_request_lines
+from mcpproxy.headers import CONTENT_LENGTH, field_lines, upstream_request_lines
 from mcpproxy.http1 import (
     END_OF_HEAD,
     Framing,
@@ -452,7 +452,7 @@ class CallerConnection(asyncio.Protocol):
         assert isinstance(response.body, bytes)
         headers = CIMultiDict(response.headers)
         headers[CONTENT_LENGTH] = str(len(response.body))
-        lines = [": ".join(field) for field in headers.items()]
+        lines = field_lines(headers.items())
         self.write(self.encode_head(response.status, response.reason, lines))
         self.write(response.body)
 
