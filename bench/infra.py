@@ -274,6 +274,19 @@ def start_canned(tmp: Path, big_bytes: int, flavor: str = "raw") -> tuple[Proc, 
     return Proc(f"canned-{flavor}", popen, log), port
 
 
+def start_pump(tmp: Path, upstream_ports: dict[str, int]) -> tuple[Proc, dict[str, int]]:
+    """The byte pump of bench/pump.py, one listening port per upstream: (process, name → port)."""
+    log = tmp / "pump.log"
+    names = list(upstream_ports)
+    cmd = [sys.executable, "-m", "bench.pump"]
+    for name in names:
+        cmd += ["--to", str(upstream_ports[name])]
+    popen = _spawn("pump", cmd, log, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    line = _wait_line(log, "READY ", popen, 15)
+    listen = [int(pair.split(":")[0]) for pair in line.split()[1:]]
+    return Proc("pump", popen, log), dict(zip(names, listen, strict=True))
+
+
 def _get(url: str, timeout: float = 2) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

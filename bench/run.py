@@ -152,6 +152,13 @@ def proxy_config(
     return {"server": server, "routes": routes}
 
 
+#: The upstreams the byte pump (bench/pump.py) is measured in front of.
+PUMPED = ("canned", "sse")
+PUMP_LABEL = (
+    "a uvloop byte pump in Python (bench/pump.py): no parsing, one upstream connection per "
+    "caller; the floor of any Python proxy here, not a proxy"
+)
+
 CONFIG_LABELS = {
     "p1": "mcpproxy (1) pass-through + header hygiene",
     "p2": "mcpproxy (2) static key injection",
@@ -323,6 +330,9 @@ class Bench:
                 True,
                 proc,
             )
+        pump, pump_ports = infra.start_pump(self.tmp, {u: self.upstream_ports[u] for u in PUMPED})
+        self.procs.append(pump)
+        self.targets["pump"] = Target("pump", PUMP_LABEL, pump_ports, False, pump)
         issuer = self.oauth.issuer
         for kind in ("p1", "p2", "p3", "p4", "p3w2", "p3aio"):
             workers = 2 if kind == "p3w2" else 1
@@ -503,10 +513,12 @@ class Bench:
         """(workload, concurrency, runner, targets) in the order a round runs them."""
         # the 2-worker and aiohttp-only variants only where they say something: throughput rows,
         # and (aiohttp only) the small-request rows that show what the relay saves
-        everyone = tuple(n for n in self.targets if n != "p3aio")
+        # the pump (the floor of any Python proxy) only on the rows the unmet targets are about
+        everyone = tuple(n for n in self.targets if n not in ("p3aio", "pump"))
         all_but_w2 = tuple(n for n in everyone if n != "p3w2")
         hi = self.s.high
         canned = tuple(n for n in self.targets if n != "p3w2")
+        streamed = tuple(n for n in self.targets if n not in ("p3aio", "p3w2"))
         return [
             ("canned", 1, self.canned_c1, canned),
             ("canned", hi, self.canned_c64, tuple(self.targets)),
@@ -515,7 +527,7 @@ class Bench:
             ("tool call (JSON)", hi, lambda t, r: self.tools(t, r, "json", hi), everyone),
             ("tool call (SSE)", 1, lambda t, r: self.tools(t, r, "sse", 1), all_but_w2),
             ("tool call (SSE)", hi, lambda t, r: self.tools(t, r, "sse", hi), everyone),
-            ("stream 100 notifications", 1, self.stream, all_but_w2),
+            ("stream 100 notifications", 1, self.stream, streamed),
             ("1MB", 1, self.big_c1, all_but_w2),
             ("1MB", hi, self.big_c64, everyone),
             ("OGX session (6 requests)", 1, lambda t, r: self.ogx(t, r, 1), all_but_w2),
@@ -862,6 +874,17 @@ def checks(
             )
         elif row:
             out.append((f"CPU per small request, {p}: <= 3x nginx's", None, "nginx skipped"))
+    pump = get("canned", hi, "pump")
+    if pump:
+        vs_nginx = f" = {pump['cpu_us'] / nginx['cpu_us']:.2f}x nginx's" if nginx else ""
+        out.append(
+            (
+                f"the floor, canned at c={hi}: a Python byte pump (bench/pump.py, no parsing)",
+                None,
+                f"{pump['rps']:.0f} req/s = {pump['ratio']:.2f}x direct; "
+                f"CPU {pump['cpu_us']:.0f} us a request{vs_nginx}",
+            )
+        )
     direct1 = get("canned", 1, "direct")
     for p in ("p1", "p2", "p3", "p4"):
         row = get("canned", 1, p)
@@ -917,6 +940,16 @@ def checks(
                     f"{row['cpu_us']:.1f} us per event (relayed events incl. the result)",
                 )
             )
+    floor = get("stream 100 notifications", 1, "pump")
+    if floor and sd:
+        out.append(
+            (
+                "the floor, streaming: a Python byte pump (bench/pump.py, no parsing)",
+                None,
+                f"{floor['cpu_us']:.1f} us per event; first event "
+                f"{floor['ttfe_ms'] - sd['ttfe_ms']:+.2f} ms after direct",
+            )
+        )
     path = bench.python_path
     for p in proxies:
         if p in path and "p2" in path:
