@@ -38,6 +38,8 @@ _MAX_VALID_NAMES = 256
 #: An origin-form request target of visible ASCII.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+#: A chunk's size line without extensions.
+_CHUNK_START = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
 #: Request fields the relay leaves to aiohttp (a body framed otherwise, a protocol switch).
 _NOT_RELAYED = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
 #: Request methods the relay serves; the rest (GET streams, HEAD, OPTIONS...) go to aiohttp.
@@ -252,7 +254,16 @@ class ChunkScanner:
     def feed(self, data: bytes) -> int:
         pos, end = 0, len(data)
         while pos < end and not self.done:
-            if self._state == 1:
+            if self._state == 0 and not self._line:
+                # The common case, a streamed event: a bare size line, then the whole chunk.
+                start = _CHUNK_START.match(data, pos)
+                if start is not None:
+                    after = start.end() + int(start[1], 16)
+                    if after > start.end() and data[after : after + 2] == b"\r\n":
+                        pos = after + 2
+                        continue
+                pos = self._line_step(data, pos)
+            elif self._state == 1:
                 take = self._remaining
                 if take + 2 <= end - pos and data[pos + take : pos + take + 2] == b"\r\n":
                     pos += take + 2  # the rest of the chunk and its CRLF are here: one step

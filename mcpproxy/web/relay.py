@@ -467,6 +467,10 @@ class CallerConnection(asyncio.Protocol):
         if self.transport is not None:
             self._relay.writes.write(self.transport, data)
 
+    def write_now(self, data: bytes) -> None:
+        if self.transport is not None:
+            self._relay.writes.write_now(self.transport, data)
+
     def _close(self) -> None:
         """Close the connection once what was written to it is sent."""
         if self.transport is not None:
@@ -608,7 +612,10 @@ class _Exchange:
             return
         if self._chunked_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        self._caller.write(data)
+        if self._is_sse:  # an event: nothing else is waiting to go with it (mcpproxy.web.writes)
+            self._caller.write_now(data)
+        else:
+            self._caller.write(data)
 
     def end(self) -> None:
         if self._held is not None:
