@@ -9,7 +9,8 @@ ambiguous on the wire (the stuff of request smuggling) is ever interpreted here.
 
 Response heads come from the route's own upstream; they are parsed leniently as to content but
 strictly as to framing, and a body is relayed with its framing unchanged: chunked bodies are
-scanned for their end, not decoded.
+scanned for their end, not decoded (except a GET stream's, whose first event may be rewritten:
+:class:`ChunkDecoder`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _CHUNK_START = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
 #: Request fields the relay leaves to aiohttp (a body framed otherwise, a protocol switch).
 _NOT_RELAYED = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
-#: Request methods the relay serves; the rest (GET streams, HEAD, OPTIONS...) go to aiohttp.
-RELAYED_METHODS = frozenset({b"POST", b"DELETE"})
+#: Request methods the relay serves; the rest (HEAD, OPTIONS...) go to aiohttp.
+RELAYED_METHODS = frozenset({b"POST", b"GET", b"DELETE"})
 #: Upper bound for an upstream's response head.
 MAX_RESPONSE_HEAD = 64 * 1024
 END_OF_HEAD = b"\r\n\r\n"
@@ -275,17 +276,21 @@ class ChunkScanner:
                 if self._remaining == 0:
                     self._state, self._remaining = 2, 2
             elif self._state == 2:
-                take = min(self._remaining, end - pos)
-                expected = b"\r\n"[2 - self._remaining : 2 - self._remaining + take]
-                if data[pos : pos + take] != expected:
-                    raise ProtocolViolation("chunk not followed by CRLF")
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = 0
+                pos = self._crlf_step(data, pos)
             else:
                 pos = self._line_step(data, pos)
         return pos
+
+    def _crlf_step(self, data: bytes, pos: int) -> int:
+        """Consume (part of) the CRLF after a chunk's data."""
+        take = min(self._remaining, len(data) - pos)
+        expected = b"\r\n"[2 - self._remaining : 2 - self._remaining + take]
+        if data[pos : pos + take] != expected:
+            raise ProtocolViolation("chunk not followed by CRLF")
+        self._remaining -= take
+        if self._remaining == 0:
+            self._state = 0
+        return pos + take
 
     def _line_step(self, data: bytes, pos: int) -> int:
         """Consume one size or trailer line (possibly split across reads)."""
@@ -313,6 +318,32 @@ class ChunkScanner:
             else:
                 self._state, self._remaining = 1, size
         return newline + 1
+
+
+class ChunkDecoder(ChunkScanner):
+    """A :class:`ChunkScanner` that also hands out the chunks' data: for the one body the relay
+    changes on its way, a GET stream's first event (the legacy transport's endpoint)."""
+
+    __slots__ = ()
+
+    def decode(self, data: bytes) -> tuple[int, bytes]:
+        """How many bytes of ``data`` belong to the body (as :meth:`feed`), and the chunk data
+        among them."""
+        parts = []
+        pos, end = 0, len(data)
+        while pos < end and not self.done:
+            if self._state == 1:
+                take = min(self._remaining, end - pos)
+                parts.append(data[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state, self._remaining = 2, 2
+            elif self._state == 2:
+                pos = self._crlf_step(data, pos)
+            else:
+                pos = self._line_step(data, pos)
+        return pos, b"".join(parts)
 
 
 def encode_lines(start_line: str, lines: list[str]) -> bytes:

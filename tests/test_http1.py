@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcpproxy.http1 import (
+    ChunkDecoder,
     ChunkScanner,
     Framing,
     ProtocolViolation,
@@ -74,6 +75,8 @@ HOST = b"Host: proxy.example"
         (request(HOST, b"connection: keep-alive, CLOSE"), "POST", "/mcp", "proxy.example", 0, False),
         (request(HOST, b"Connection: keep-alive"), "POST", "/mcp", "proxy.example", 0, True),
         (request(HOST, b"Connection: Upgrade-Insecure"), "POST", "/mcp", "proxy.example", 0, True),
+        (request(HOST, line=b"GET /mcp HTTP/1.1"), "GET", "/mcp", "proxy.example", 0, True),
+        (request(HOST, line=b"DELETE /mcp HTTP/1.1"), "DELETE", "/mcp", "proxy.example", 0, True),
     ],
 )
 def test_parse_request_head_accepts_strict_subset(
@@ -123,7 +126,6 @@ def test_parse_request_head_accepts_every_token_character_in_names() -> None:
 
 REJECTED_REQUESTS: dict[str, bytes] = {
     # request line
-    "GET": request(HOST, line=b"GET /mcp HTTP/1.1"),
     "HEAD": request(HOST, line=b"HEAD /mcp HTTP/1.1"),
     "OPTIONS": request(HOST, line=b"OPTIONS /mcp HTTP/1.1"),
     "PUT": request(HOST, line=b"PUT /mcp HTTP/1.1"),
@@ -273,7 +275,7 @@ def test_parse_request_head_property_accepts_only_the_subset(line: bytes, fields
     parsed = parse_request_head(block)
     if parsed is None:
         return
-    assert parsed.method in ("POST", "DELETE")
+    assert parsed.method in ("POST", "GET", "DELETE")
     assert parsed.target.startswith("/")
     assert len(parsed.headers.getall("Host")) == 1
     assert len(parsed.headers.getall("Content-Length", [])) <= 1
@@ -723,6 +725,35 @@ def test_chunk_scanner_finds_the_end_in_every_split(body: bytes, extra: bytes) -
         assert total == len(body), pieces
 
 
+#: The chunk data of each of VALID_BODIES, joined.
+VALID_PAYLOADS: dict[str, bytes] = {
+    "empty": b"",
+    "one chunk": b"hello",
+    "hex sizes": b"0123456789ABCDEFGHIJKLMNO",
+    "leading zeros": b"hello",
+    "data that looks like framing": b"0\r\n\r\nab\r\n\r\n",
+    "binary data": b"\x00\xff\r\n",
+    "extensions": b"helloabc",
+    "trailers": b"hello",
+    "extensions and trailers": b"hi",
+}
+
+
+@pytest.mark.parametrize("extra", [b"", b"5\r\nhello\r\n0\r\n\r\n"])
+@pytest.mark.parametrize("name", list(VALID_BODIES))
+def test_chunk_decoder_hands_out_the_data_in_every_split(name: str, extra: bytes) -> None:
+    body = VALID_BODIES[name]
+    data = body + extra
+    for pieces in [[data], *splits2(data), *splits3(data)]:
+        decoder = ChunkDecoder()
+        total, payload = 0, b""
+        for piece in pieces:
+            used, out = decoder.decode(piece)
+            total, payload = total + used, payload + out
+        assert decoder.done and total == len(body), pieces
+        assert payload == VALID_PAYLOADS[name], pieces
+
+
 @pytest.mark.parametrize("body", list(VALID_BODIES.values()), ids=list(VALID_BODIES))
 def test_chunk_scanner_byte_by_byte(body: bytes) -> None:
     scanner = ChunkScanner()
@@ -789,6 +820,12 @@ def test_chunk_scanner_rejects_malformed_bodies(body: bytes) -> None:
         with pytest.raises(ProtocolViolation):
             for piece in pieces:
                 scanner.feed(piece)
+
+
+@pytest.mark.parametrize("body", list(MALFORMED_BODIES.values()), ids=list(MALFORMED_BODIES))
+def test_chunk_decoder_rejects_what_the_scanner_rejects(body: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        ChunkDecoder().decode(body)
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,15 @@ class Caller:
         assert data == b"", f"unexpected bytes instead of a close: {data[:200]!r}"
         return True
 
+    async def read_until_closed(self, timeout: float = WAIT) -> bytes:
+        """Everything the proxy sends until it closes (or resets) the connection."""
+        received = bytearray()
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(ConnectionError):
+                while data := await self.reader.read(65536):
+                    received += data
+        return bytes(received)
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
@@ -447,6 +456,41 @@ class RawUpstream:
             gone.cancel()
         return False
 
+    async def _legacy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+        """The legacy transport's GET stream, chunked: a comment, the endpoint event split over
+        chunks and reads, one message event, the end."""
+        await self._legacy_stream(writer, LEGACY_ENDPOINT, chunked=True)
+        return True
+
+    async def _legacy_close(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        """The same stream framed by the connection's close."""
+        await self._legacy_stream(writer, LEGACY_ENDPOINT, chunked=False)
+        return False
+
+    async def _legacy_outside(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        """An endpoint on another origin: the stream must not reach the caller."""
+        await self._legacy_stream(writer, b"http://elsewhere.test/steal?token=upstream-secret", chunked=True)
+        return False
+
+    async def _legacy_stream(self, writer: asyncio.StreamWriter, endpoint: bytes, *, chunked: bool) -> None:
+        framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Connection: close\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + framing + b"\r\n")
+        data = b": ping\n\nevent: endpoint\ndata: " + endpoint + b"\n\n" + SSE_EVENT
+        pieces = [data[:4], data[4:20], data[20:31], data[31:]]  # the endpoint event over three
+        wire = b"".join(chunk(p) for p in pieces) + b"0\r\n\r\n" if chunked else data
+        for at in range(0, len(wire), 9):  # reads that cut chunk lines and data
+            writer.write(wire[at : at + 9])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+
+
+#: What the raw upstream's legacy stream names as its endpoint (the route's upstream is /up).
+LEGACY_ENDPOINT = b"/up/messages?session_id=s1"
+
 
 async def _read_request_body(reader: asyncio.StreamReader, headers: CIMultiDict[str]) -> bytes:
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
@@ -749,15 +793,17 @@ async def test_handover_mid_connection_in_a_real_process(
     assert listening and listening[0]["uvloop"] is True
 
 
-async def test_handover_get_on_a_route(upstream: RawUpstream, proxy_factory: ProxyFactory) -> None:
+async def test_get_is_relayed_and_head_handed_over(
+    upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
     proxy = await raw_proxy(proxy_factory, upstream)
-    rid = new_rid()
+    rid_get, rid_head = new_rid(), new_rid()
     async with caller(port_of(proxy)) as conn:
-        answer = await conn.exchange(request("GET", "/raw/json", rid=rid))
-        head = await conn.exchange(request("HEAD", "/raw/json"))
+        answer = await conn.exchange(request("GET", "/raw/json", rid=rid_get))
+        head = await conn.exchange(request("HEAD", "/raw/json", rid=rid_head))
     assert answer.status == 200 and answer.json()["result"]["seq"] == 1
     assert head.status == 200 and head.body == b""
-    assert await via(rid) == "aiohttp"
+    assert (await via(rid_get), await via(rid_head)) == ("relay", "aiohttp")
     assert [(s.method, s.target) for s in upstream.seen] == [("GET", "/up/json"), ("HEAD", "/up/json")]
 
 
@@ -906,20 +952,71 @@ async def test_pipelined_posts_answered_in_order(upstream: RawUpstream, proxy_fa
     assert [json.loads(s.body)["id"] for s in upstream.seen] == [1, 2, 3]
 
 
-async def test_pipelined_post_then_get_hands_over_after_the_answer(
+@pytest.mark.parametrize("behaviour", ["legacy", "legacy_close"])
+async def test_relayed_get_stream_has_its_legacy_endpoint_rewritten(
+    behaviour: str, upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid = new_rid()
+    accept = {"Accept": "text/event-stream"}
+    async with caller(port_of(proxy)) as conn:
+        answer = await conn.exchange(request("GET", f"/raw/{behaviour}", rid=rid, headers=accept))
+    assert answer.status == 200 and answer.chunked  # re-framed, whatever the upstream's framing
+    assert answer.headers["Content-Type"] == "text/event-stream"
+    assert answer.body == b": ping\n\nevent: endpoint\ndata: /raw/messages?session_id=s1\n\n" + SSE_EVENT
+    line = await access_line(rid)
+    assert (line["via"], line["status"], line["bytes"]) == ("relay", 200, len(answer.body))
+
+
+async def test_relayed_get_stream_naming_an_endpoint_elsewhere_is_cut(
     upstream: RawUpstream, proxy_factory: ProxyFactory
 ) -> None:
     proxy = await raw_proxy(proxy_factory, upstream)
-    rid_post, rid_get = new_rid(), new_rid()
+    rid = new_rid()
+    async with caller(port_of(proxy)) as conn:
+        await conn.send(request("GET", "/raw/legacy_outside", rid=rid))
+        received = await conn.read_until_closed()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")  # the head had gone; then the cut
+    assert b"elsewhere" not in received and b"upstream-secret" not in received
+    assert not received.endswith(b"0\r\n\r\n")  # not a clean end: the caller sees the failure
+    line = await access_line(rid)
+    assert (line["via"], line["error"], line["detail"]) == (
+        "relay",
+        "upstream_stream_failed",
+        "EndpointRejected",
+    )
+    assert "upstream-secret" not in json.dumps(line)
+    async with caller(port_of(proxy)) as conn:  # and the proxy serves on
+        again = await conn.exchange(post("/raw/json", rpc("ping", {}, 7)))
+    assert again.status == 200 and again.json()["id"] == 7
+
+
+async def test_get_on_a_policy_route_is_handed_over(
+    upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    policy = {"default": "allow", "rules": [{"tools": ["drop_table"], "deny": True}]}
+    proxy = await proxy_factory({"routes": [raw_route(upstream, policy=policy)]})
+    rid = new_rid()
+    async with caller(port_of(proxy)) as conn:
+        answer = await conn.exchange(request("GET", "/raw/json", rid=rid))
+    assert answer.status == 200
+    assert await via(rid) == "aiohttp"  # its list results would be filtered: aiohttp's path
+
+
+async def test_pipelined_post_then_head_hands_over_after_the_answer(
+    upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid_post, rid_head = new_rid(), new_rid()
     async with caller(port_of(proxy)) as conn:
         await conn.send(
-            post("/raw/json", rpc("ping", {}, 1), rid_post) + request("GET", "/raw/json", rid=rid_get)
+            post("/raw/json", rpc("ping", {}, 1), rid_post) + request("HEAD", "/raw/json", rid=rid_head)
         )
-        first, second = await conn.answer(), await conn.answer()
+        first, second = await conn.answer(), await conn.answer(to_head=True)
     assert (first.status, first.headers["X-Request-Id"], first.json()["id"]) == (200, rid_post, 1)
-    assert (second.status, second.headers["X-Request-Id"]) == (200, rid_get)
-    assert (await via(rid_post), await via(rid_get)) == ("relay", "aiohttp")
-    assert [s.method for s in upstream.seen] == ["POST", "GET"]
+    assert (second.status, second.headers["X-Request-Id"]) == (200, rid_head)
+    assert (await via(rid_post), await via(rid_head)) == ("relay", "aiohttp")
+    assert [s.method for s in upstream.seen] == ["POST", "HEAD"]
 
 
 async def test_head_byte_by_byte_and_body_in_pieces(

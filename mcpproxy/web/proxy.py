@@ -484,7 +484,7 @@ class ProxyHandler:
                 response.content_length = length
             await response.prepare(request)
             rewriter = _Stages.of(
-                _endpoint_rewriter(request, route, match) if is_sse and request.method == "GET" else None,
+                endpoint_rewriter(route) if is_sse and request.method == "GET" else None,
                 list_filter.sse() if is_sse and list_filter is not None else None,
             )
             if is_sse:
@@ -793,7 +793,9 @@ def _too_large(limit: int) -> ProxyError:
     return ProxyError(413, f"request body too large (limit {limit} bytes)", reason="body_too_large")
 
 
-def _endpoint_rewriter(request: web.Request, route: RouteSettings, match: Match) -> EndpointRewriter:
+def endpoint_rewriter(route: RouteSettings) -> EndpointRewriter:
+    """What a GET stream passes through: the legacy transport names its endpoint in the first
+    event, which must point at the route, not around the proxy."""
     prefix = route.path.rstrip("/")
     return EndpointRewriter(lambda endpoint: rewrite_endpoint(endpoint, route.upstream, prefix))
 

@@ -1,12 +1,14 @@
 """The fast path: a raw asyncio HTTP/1.1 relay for the common request, aiohttp for the rest.
 
 Every connection starts here. A request in the shape MCP clients send on every tool call — a
-``POST`` (or a bodiless ``DELETE``) with a small ``Content-Length`` body, strictly well formed
-(:func:`mcpproxy.http1.parse_request_head`) — is judged by the same core as any other request
-(:meth:`ProxyHandler.prepare`) and relayed over a pooled upstream connection with no per-chunk
-coroutine. Anything else — GET streams, the legacy transport, ``tools/list`` under a policy (its
-answer is filtered), large or chunked bodies, operational endpoints, malformed input — is handed,
-with every byte read so far, to aiohttp's request handler, which then owns the connection.
+``POST`` with a small ``Content-Length`` body, or a bodiless ``GET`` (the server's stream) or
+``DELETE``, strictly well formed (:func:`mcpproxy.http1.parse_request_head`) — is judged by the
+same core as any other request (:meth:`ProxyHandler.prepare`) and relayed over a pooled upstream
+connection with no per-chunk coroutine. A GET stream's first event goes through the legacy
+transport's endpoint rewriting (:mod:`mcpproxy.sse`) on its way. Anything else — ``tools/list``
+or a GET stream under a policy (list results are filtered), large or chunked bodies, operational
+endpoints, malformed input — is handed, with every byte read so far, to aiohttp's request
+handler, which then owns the connection.
 
 Why: aiohttp's server and client machinery cost ~250 µs of CPU per proxied request on the
 benchmark machine, nearly all of the proxy's cost (bench/PROFILE.md).
@@ -29,6 +31,7 @@ from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
 from mcpproxy.headers import CONTENT_LENGTH, field_lines, upstream_request_lines
 from mcpproxy.http1 import (
     END_OF_HEAD,
+    RELAYED_METHODS,
     Framing,
     RequestHead,
     ResponseHead,
@@ -39,6 +42,7 @@ from mcpproxy.http1 import (
 from mcpproxy.jsonrpc import Body
 from mcpproxy.policy import list_requests
 from mcpproxy.routing import Match
+from mcpproxy.sse import EndpointRejected, EndpointRewriter
 from mcpproxy.upstream_auth import PENDING
 from mcpproxy.web.proxy import (
     SMALL_BODY,
@@ -47,6 +51,7 @@ from mcpproxy.web.proxy import (
     Prepared,
     ProxyHandler,
     RouteRuntime,
+    endpoint_rewriter,
     request_id_of,
     upstream_error,
 )
@@ -234,7 +239,7 @@ class CallerConnection(asyncio.Protocol):
         if (
             head is None
             or head.content_length > min(SMALL_BODY, server.max_body_bytes)
-            or (head.method == "DELETE" and head.content_length)
+            or (head.method != "POST" and head.content_length)
         ):
             self._hand_over()
             return
@@ -261,7 +266,10 @@ class CallerConnection(asyncio.Protocol):
             return None
         if match is None:
             return None
-        request = _Request(head, handler, match, handler.runtimes[match.route.name], self._remote)
+        runtime = handler.runtimes[match.route.name]
+        if head.method == "GET" and runtime.policy is not None:
+            return None  # list results on the stream are filtered: aiohttp's path does that
+        request = _Request(head, handler, match, runtime, self._remote)
         if head.content_length:
             try:
                 request.body = request.runtime.parse(raw)
@@ -534,6 +542,9 @@ class CallerConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+_METHODS_SP = tuple(method + b" " for method in RELAYED_METHODS)
+
+
 def _may_be_relayed(partial: bytearray) -> bool:
     """Whether an incomplete head could still turn out to be one the relay serves."""
     if partial.count(b"\n") != partial.count(b"\r\n"):
@@ -541,9 +552,9 @@ def _may_be_relayed(partial: bytearray) -> bool:
     line_end = partial.find(b"\r\n")
     if line_end < 0:
         start = bytes(partial[:7])
-        return b"POST ".startswith(start[:5]) or b"DELETE ".startswith(start)
+        return any(method.startswith(start[: len(method)]) for method in _METHODS_SP)
     line = partial[:line_end]
-    return line.startswith((b"POST /", b"DELETE /")) and line.endswith(b" HTTP/1.1")
+    return line.startswith(_METHODS_SP) and line.endswith(b" HTTP/1.1")
 
 
 class _Exchange:
@@ -557,6 +568,7 @@ class _Exchange:
         "_is_sse",
         "_request",
         "_retry",
+        "_rewriter",
         "_started",
         "sent",
     )
@@ -574,6 +586,8 @@ class _Exchange:
         #: A small answer of known length, held until whole: one write, and a 502 (not a cut
         #: connection) when the upstream fails before its end.
         self._held: list[bytes] | None = None
+        #: A GET stream's first event on its way through the legacy endpoint's rewriting.
+        self._rewriter: EndpointRewriter | None = None
         self.sent = 0.0
 
     def head(self, head: ResponseHead) -> None:
@@ -588,12 +602,18 @@ class _Exchange:
         route = runtime.settings
         lines = handler.answer_lines(head, request.incoming, runtime, request.request_id)
         handler.metrics.upstream_latency.observe_at((route.name,), outcome.upstream_s)
-        if head.framing is Framing.LENGTH:
+        self._is_sse = head.content_type == "text/event-stream"
+        if self._is_sse and request.head.method == "GET" and head.framing is not Framing.NONE:
+            # its data is rewritten until the first event is through, so it goes out re-framed
+            self._rewriter = endpoint_rewriter(route)
+            self._conn.decode_chunks()
+            lines.append("Transfer-Encoding: chunked")
+            self._chunked_out = True
+        elif head.framing is Framing.LENGTH:
             lines.append("Content-Length: %d" % head.length)  # noqa: UP031 - see logs._timestamp
         elif head.framing is not Framing.NONE:
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = head.framing is Framing.CLOSE
-        self._is_sse = head.content_type == "text/event-stream"
         if self._is_sse:
             handler.metrics.open_streams.inc(route=route.name)
         encoded = self._caller.encode_head(head.status, head.reason, lines)
@@ -606,6 +626,10 @@ class _Exchange:
             self._conn.pause()
 
     def body(self, data: bytes) -> None:
+        if self._rewriter is not None:
+            data = self._rewritten(data, self._rewriter)
+            if not data:
+                return
         self._request.outcome.bytes_out += len(data)
         if self._held is not None:
             self._held.append(data)
@@ -616,6 +640,19 @@ class _Exchange:
             self._caller.write_now(data)
         else:
             self._caller.write(data)
+
+    def _rewritten(self, data: bytes, rewriter: EndpointRewriter) -> bytes:
+        """``data`` once through the endpoint's rewriting (a stream that names an endpoint
+        outside the route is cut, as on aiohttp's path)."""
+        try:
+            data = rewriter.feed(data)
+        except EndpointRejected as exc:
+            self._conn.abort()
+            self.fail(exc)
+            return b""
+        if rewriter.done:
+            self._rewriter = None
+        return data
 
     def end(self) -> None:
         if self._held is not None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from mcpproxy.http1 import (
     END_OF_HEAD,
     MAX_RESPONSE_HEAD,
+    ChunkDecoder,
     ChunkScanner,
     Framing,
     ProtocolViolation,
@@ -135,6 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing: Framing | None = None  # None: waiting for the response head
         self._remaining = 0
         self._scanner: ChunkScanner | None = None
+        #: Set when the sink takes a chunked body's data rather than the body as framed.
+        self._decoder: ChunkDecoder | None = None
         self._keep_alive = False
         self._last_read = 0.0
         self._watchdog = Watchdog(self._loop, self._due)
@@ -244,6 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._remaining = head.length
         self._keep_alive = head.keep_alive
         self._scanner = ChunkScanner() if head.framing is Framing.CHUNKED else None
+        self._decoder = None
         sink = self._sink
         assert sink is not None
         sink.head(head)
@@ -267,12 +271,22 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(reusable=not extra)
         elif framing is Framing.CHUNKED:
             assert self._scanner is not None
-            used = self._scanner.feed(data)
-            sink.body(data if used == len(data) else data[:used])
+            if self._decoder is None:
+                used = self._scanner.feed(data)
+                sink.body(data if used == len(data) else data[:used])
+            else:
+                used, chunk_data = self._decoder.decode(data)
+                if chunk_data:
+                    sink.body(chunk_data)
             if self._scanner.done:
                 self._finish(reusable=used == len(data))
         else:
             sink.body(data)
+
+    def decode_chunks(self) -> None:
+        """From the sink's ``head``: hand it a chunked body's data, not the body as framed."""
+        if self._framing is Framing.CHUNKED:
+            self._scanner = self._decoder = ChunkDecoder()
 
     def _finish(self, *, reusable: bool) -> None:
         sink, self._sink = self._sink, None
