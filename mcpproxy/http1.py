@@ -168,6 +168,8 @@ class ResponseHead:
 
 
 #: Response fields that decide framing and reuse, collected while the head is split.
+#: Response field names already seen well formed, each with its lower-case form (bounded).
+_RESPONSE_NAMES: dict[str, str] = {}
 _FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
 _STATUS_LINE_START = ("HTTP/1.1 ", "HTTP/1.0 ")
 
@@ -193,14 +195,25 @@ def parse_response_head(block: bytes) -> ResponseHead:
     framing = []
     for line in lines:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolViolation("malformed header field")
-        lower = name.lower()
+        lower = _RESPONSE_NAMES.get(name) if sep else None
+        if lower is None:
+            lower = _response_name(name, sep)
         names.append(lower)
         if lower in _FRAMING_FIELDS:
             framing.append((lower, value.strip(" \t")))
     status = int(code)
     return ResponseHead(status, rest[1:], lines, names, *_frame(status, framing, status_line[7] == "1"))
+
+
+def _response_name(name: str, sep: str) -> str:
+    """A response field's name in lower case, once it is known to be one (and then remembered,
+    as :data:`_VALID_NAMES` does for requests)."""
+    if not sep or not name or name != name.strip():
+        raise ProtocolViolation("malformed header field")
+    lower = name.lower()
+    if len(_RESPONSE_NAMES) < _MAX_VALID_NAMES:
+        _RESPONSE_NAMES[name] = lower
+    return lower
 
 
 def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Framing, int, bool, str]:
@@ -216,7 +229,7 @@ def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Fr
             connection.append(value)
         elif media is None:
             media = value.partition(";")[0].strip().lower()
-    options = _options(connection)
+    options = _options(connection) if connection else ""
     keep_alive = ("close" not in options) if http11 else ("keep-alive" in options)
     content_type = media or ""
     if status < 200 or status in (204, 304):

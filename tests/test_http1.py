@@ -569,6 +569,23 @@ def test_parse_response_head_rejects_bad_framing_and_malformed_heads(block: byte
         parse_response_head(block)
 
 
+def test_parse_response_head_remembered_names_still_need_their_colon() -> None:
+    """Names seen well formed are remembered; a later line that is only such a name is still
+    malformed, and a name with blanks around it is never remembered."""
+    assert parse_response_head(response(b"HTTP/1.1 200 OK", b"X-Seen: 1", b"Content-Length: 0")).names
+    for block in (
+        response(b"HTTP/1.1 200 OK", b"X-Seen"),
+        response(b"HTTP/1.1 200 OK", b"X-Seen :1"),
+        response(b"HTTP/1.1 200 OK", b"Content-Length"),
+    ):
+        with pytest.raises(ProtocolViolation):
+            parse_response_head(block)
+    with pytest.raises(ProtocolViolation):
+        parse_response_head(response(b"HTTP/1.1 200 OK", b"X-Spaced : 1"))
+    with pytest.raises(ProtocolViolation):  # not remembered by the first refusal
+        parse_response_head(response(b"HTTP/1.1 200 OK", b"X-Spaced : 1"))
+
+
 # Regression: `str.isdigit()` is True for the Latin-1 superscripts U+00B2, U+00B3 and U+00B9 (bytes
 # 0xb2, 0xb3, 0xb9 decoded as latin-1), but `int()` rejects them, so these heads raise a bare
 # ValueError out of parse_response_head instead of ProtocolViolation.
