@@ -126,6 +126,21 @@ async def _aiohttp_server(sock: socket.socket, small: bytes, big: bytes) -> Any:
     return runner
 
 
+async def until_stopped() -> None:
+    """Until SIGTERM or SIGINT, or until the benchmark that started this process has gone."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            if os.getppid() != parent:  # the benchmark went away: don't linger
+                return
+
+
 async def main(port: int, big_bytes: int, flavor: str) -> None:
     small = json.dumps(SMALL_RESULT, separators=(",", ":")).encode()
     large = big_body(big_bytes)
@@ -141,16 +156,7 @@ async def main(port: int, big_bytes: int, flavor: str) -> None:
     else:
         server = await loop.create_server(CannedProtocol, sock=sock, backlog=4096)
     print(f"READY http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            if os.getppid() != parent:  # the benchmark went away: don't linger
-                break
+    await until_stopped()
     if flavor == "aiohttp":
         await server.cleanup()
     else:

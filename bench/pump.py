@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 from typing import cast
+
+from bench.canned import until_stopped
 
 
 class _Upstream(asyncio.Protocol):
@@ -75,16 +75,7 @@ async def main(upstream_ports: list[int]) -> None:
         servers.append(server)
     pairs = [f"{s.sockets[0].getsockname()[1]}:{p}" for s, p in zip(servers, upstream_ports, strict=True)]
     print("READY " + " ".join(pairs), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            if os.getppid() != parent:  # the benchmark went away: don't linger
-                break
+    await until_stopped()
     for server in servers:
         server.close()
 
