@@ -106,9 +106,7 @@ def _fields(block: bytes) -> tuple[CIMultiDict[str], list[str], list[str]] | Non
         if lower is None:
             if _NAME.fullmatch(name) is None:
                 return None
-            lower = name.lower()
-            if len(_VALID_NAMES) < _MAX_VALID_NAMES:
-                _VALID_NAMES[name] = lower
+            lower = _remember(_VALID_NAMES, name)
         pairs.append((name, value.strip(" \t")))
         names.append(lower)
     return CIMultiDict(pairs), lines, names
@@ -167,9 +165,9 @@ class ResponseHead:
         return CIMultiDict((name, value.strip(" \t")) for name, _, value in pairs)
 
 
-#: Response fields that decide framing and reuse, collected while the head is split.
 #: Response field names already seen well formed, each with its lower-case form (bounded).
 _RESPONSE_NAMES: dict[str, str] = {}
+#: Response fields that decide framing and reuse, collected while the head is split.
 _FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
 _STATUS_LINE_START = ("HTTP/1.1 ", "HTTP/1.0 ")
 
@@ -210,9 +208,14 @@ def _response_name(name: str, sep: str) -> str:
     as :data:`_VALID_NAMES` does for requests)."""
     if not sep or not name or name != name.strip():
         raise ProtocolViolation("malformed header field")
+    return _remember(_RESPONSE_NAMES, name)
+
+
+def _remember(names: dict[str, str], name: str) -> str:
+    """``name`` in lower case, remembered in ``names`` (a cache of valid names) while there is room."""
     lower = name.lower()
-    if len(_RESPONSE_NAMES) < _MAX_VALID_NAMES:
-        _RESPONSE_NAMES[name] = lower
+    if len(names) < _MAX_VALID_NAMES:
+        names[name] = lower
     return lower
 
 
@@ -283,16 +286,20 @@ class ChunkScanner:
                     pos += take + 2  # the rest of the chunk and its CRLF are here: one step
                     self._state = 0
                     continue
-                take = min(take, end - pos)
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state, self._remaining = 2, 2
+                pos = self._data_step(data, pos)
             elif self._state == 2:
                 pos = self._crlf_step(data, pos)
             else:
                 pos = self._line_step(data, pos)
         return pos
+
+    def _data_step(self, data: bytes, pos: int) -> int:
+        """Consume (part of) a chunk's data."""
+        take = min(self._remaining, len(data) - pos)
+        self._remaining -= take
+        if self._remaining == 0:
+            self._state, self._remaining = 2, 2
+        return pos + take
 
     def _crlf_step(self, data: bytes, pos: int) -> int:
         """Consume (part of) the CRLF after a chunk's data."""
@@ -346,12 +353,8 @@ class ChunkDecoder(ChunkScanner):
         pos, end = 0, len(data)
         while pos < end and not self.done:
             if self._state == 1:
-                take = min(self._remaining, end - pos)
-                parts.append(data[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state, self._remaining = 2, 2
+                start, pos = pos, self._data_step(data, pos)
+                parts.append(data[start:pos])
             elif self._state == 2:
                 pos = self._crlf_step(data, pos)
             else:

@@ -135,9 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffer = b""
         self._framing: Framing | None = None  # None: waiting for the response head
         self._remaining = 0
+        #: A ChunkDecoder when the sink takes a chunked body's data rather than the body as framed.
         self._scanner: ChunkScanner | None = None
-        #: Set when the sink takes a chunked body's data rather than the body as framed.
-        self._decoder: ChunkDecoder | None = None
         self._keep_alive = False
         self._last_read = 0.0
         self._watchdog = Watchdog(self._loop, self._due)
@@ -247,7 +246,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._remaining = head.length
         self._keep_alive = head.keep_alive
         self._scanner = ChunkScanner() if head.framing is Framing.CHUNKED else None
-        self._decoder = None
         sink = self._sink
         assert sink is not None
         sink.head(head)
@@ -270,15 +268,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._remaining = 0
             self._finish(reusable=not extra)
         elif framing is Framing.CHUNKED:
-            assert self._scanner is not None
-            if self._decoder is None:
-                used = self._scanner.feed(data)
-                sink.body(data if used == len(data) else data[:used])
-            else:
-                used, chunk_data = self._decoder.decode(data)
+            scanner = self._scanner
+            assert scanner is not None
+            if isinstance(scanner, ChunkDecoder):
+                used, chunk_data = scanner.decode(data)
                 if chunk_data:
                     sink.body(chunk_data)
-            if self._scanner.done:
+            else:
+                used = scanner.feed(data)
+                sink.body(data if used == len(data) else data[:used])
+            if scanner.done:
                 self._finish(reusable=used == len(data))
         else:
             sink.body(data)
@@ -286,7 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
     def decode_chunks(self) -> None:
         """From the sink's ``head``: hand it a chunked body's data, not the body as framed."""
         if self._framing is Framing.CHUNKED:
-            self._scanner = self._decoder = ChunkDecoder()
+            self._scanner = ChunkDecoder()
 
     def _finish(self, *, reusable: bool) -> None:
         sink, self._sink = self._sink, None
