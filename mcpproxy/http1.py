@@ -78,6 +78,10 @@ def parse_request_head(block: bytes) -> RequestHead | None:
         return None
     if _TARGET.fullmatch(parts[1]) is None:
         return None
+    if len(block) == line_end + 4:
+        # No field at all, so no Host: refused anyway. Checked here because the slice below would
+        # start past its end, which compiled (mypyc) bytes slicing turns into a SystemError.
+        return None
     fields = _fields(block[line_end + 2 : -4])
     if fields is None:
         return None

@@ -17,6 +17,8 @@ from operator import itemgetter
 
 LabelKey = tuple[str, ...]
 
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
 
 class _Metric:
     kind = ""
@@ -53,7 +55,7 @@ class Counter(_Metric):
         super().__init__(name, help_text, labels)
         self._values: dict[LabelKey, float] = {}
 
-    def inc(self, amount: float = 1, **labels: str) -> None:
+    def inc(self, amount: int = 1, **labels: str) -> None:
         self.add(self._key(labels), amount)
 
     def add(self, key: LabelKey, amount: float = 1) -> None:
@@ -72,13 +74,12 @@ class Counter(_Metric):
 class Gauge(Counter):
     kind = "gauge"
 
-    def dec(self, amount: float = 1, **labels: str) -> None:
+    def dec(self, amount: int = 1, **labels: str) -> None:
         self.inc(-amount, **labels)
 
 
 class Histogram(_Metric):
     kind = "histogram"
-    DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
     def __init__(
         self,

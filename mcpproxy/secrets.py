@@ -57,7 +57,8 @@ class Secret:
     def __repr__(self) -> str:
         return "Secret('***')"
 
-    __str__ = __repr__
+    def __str__(self) -> str:  # not `__str__ = __repr__`: mypyc compiles that alias wrongly
+        return repr(self)
 
     def __format__(self, spec: str) -> str:
         return repr(self)

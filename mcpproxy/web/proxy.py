@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -428,7 +427,7 @@ class ProxyHandler:
             if value is not None and credential.header:
                 headers[credential.header] = value
             streamed = StreamedBody(request, self.max_body) if body is None and request.body_exists else None
-            data: Any = body.raw if body is not None else streamed.chunks() if streamed else None
+            data: Any = body.raw if body is not None else streamed
             sent = time.monotonic()
             try:
                 upstream = await _request(runtime, request.method, match.upstream_url, headers, data)
@@ -692,21 +691,28 @@ class _BodyTooLarge(Exception):
 
 
 class StreamedBody:
-    """A request body relayed chunk by chunk, cut off (and remembered as such) past ``limit``."""
+    """A request body relayed chunk by chunk, cut off (and remembered as such) past ``limit``.
+
+    An async iterator rather than an async generator, which mypyc cannot compile."""
 
     def __init__(self, request: web.Request, limit: int) -> None:
         self._request = request
         self._limit = limit
+        self._size = 0
         self.overflowed = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in self._request.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > self._limit:
-                self.overflowed = True
-                raise _BodyTooLarge()
-            yield chunk
+    def __aiter__(self) -> StreamedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._request.content.read(_CHUNK)
+        if not chunk:
+            raise StopAsyncIteration
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self.overflowed = True
+            raise _BodyTooLarge()
+        return chunk
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
