@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from mcpproxy import native
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -140,6 +142,7 @@ def machine() -> dict[str, str]:
         "uvloop": version("uvloop"),
         "mcp": version("mcp"),
         "mcpproxy": version("mcpproxy"),
+        "build": native.describe(),
     }
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"]), ("node", ["--version"])):
         path = shutil.which(tool) or (f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None)

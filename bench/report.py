@@ -248,7 +248,8 @@ def write(
         f"- Code measured: commit `{git('rev-parse', '--short', 'HEAD')}`"
         + (f" plus {len(dirty)} uncommitted change(s) under `mcpproxy/`." if dirty else ", clean tree."),
         f"- nproc {m['nproc']}, CPU {m['cpu']}, {m['memory']}, kernel {m['kernel']}; Python {m['python']}, "
-        f"aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, mcp {m['mcp']}, mcpproxy {m['mcpproxy']}; "
+        f"aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, mcp {m['mcp']}, "
+        f"mcpproxy {m['mcpproxy']} ({m['build']}); "
         f"{m['nginx']}; {m['wrk'].split(' Copyright')[0]}; node {m['node']}.",
         "- **The load generator, the proxy, the upstream (and the OAuth server) share the same 2 cores.** "
         "Nothing is pinned: on this VM a request/answer ping-pong between processes pinned to different "

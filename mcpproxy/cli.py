@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mcpproxy import __version__
+from mcpproxy import __version__, native
 from mcpproxy.config import Config, ConfigError, RouteSettings, load_config
 
 
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcpproxy", description="Credential-injecting reverse proxy for MCP servers."
     )
-    parser.add_argument("--version", action="version", version=f"mcpproxy {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"mcpproxy {__version__} ({native.describe()})"
+    )
     sub = parser.add_subparsers(dest="command")
     for name, text in (("serve", "run the proxy"), ("check", "validate a config and list its routes")):
         cmd = sub.add_parser(name, help=text)

@@ -10,17 +10,32 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
+# pip's output only when it fails (its warnings about local indexes and editable installs are noise)
+quiet() { local out; out=$("$@" 2>&1) || { printf '%s\n' "$out" | grep -v '^WARNING: Location' >&2; return 1; }; }
+
 # --- Python ---------------------------------------------------------------------------------
 want=$(stamp requirements-dev.lock pyproject.toml)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: creating .venv with $($PY --version)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  # pip's output only when it fails (its warnings about local indexes and editable installs are noise)
-  quiet() { local out; out=$("$@" 2>&1) || { printf '%s\n' "$out" | grep -v '^WARNING: Location' >&2; return 1; }; }
   quiet .venv/bin/python -m pip install -q --upgrade pip
   quiet .venv/bin/python -m pip install -q -r requirements-dev.lock
-  quiet .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > .venv/.stamp
+fi
+
+# --- mcpproxy itself, editable; its per-request modules compiled in place by mypyc ------------
+# (setup.py, mcpproxy/native.py). An extension module is imported in preference to its .py file,
+# so they are rebuilt whenever a source changes; tests/conftest.py refuses stale ones.
+# MCPPROXY_PURE_PYTHON=1 installs without compiling.
+want="$(.venv/bin/python mcpproxy/native.py) pure=${MCPPROXY_PURE_PYTHON:-0}"
+if [ "$(cat .venv/.package-stamp 2>/dev/null)" != "$want" ]; then
+  find mcpproxy -name '*.so' -delete
+  rm -f mcpproxy__mypyc.*.so
+  case "${MCPPROXY_PURE_PYTHON:-0}" in
+    0|'') echo "bootstrap: compiling the per-request modules with mypyc (about a minute)" >&2 ;;
+  esac
+  quiet .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$want" > .venv/.package-stamp
 fi
 
 # --- Node: the test OAuth server (oidc-provider) ---------------------------------------------

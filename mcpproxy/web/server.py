@@ -17,7 +17,7 @@ import time
 import structlog
 from aiohttp import web
 
-from mcpproxy import logs
+from mcpproxy import logs, native
 from mcpproxy.config import ConfigError, load_config
 from mcpproxy.config.model import Config
 from mcpproxy.web.app import LIVE, apply_config, build_app
@@ -61,7 +61,14 @@ async def _serve(config_path: str, config: Config, uvloop: bool) -> int:
     )
     await site.start()
     tune_gc()
-    log.info("listening", host=config.server.host, port=config.server.port, uvloop=uvloop, pid=os.getpid())
+    log.info(
+        "listening",
+        host=config.server.host,
+        port=config.server.port,
+        uvloop=uvloop,
+        build=native.describe(),
+        pid=os.getpid(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

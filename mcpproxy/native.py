@@ -1,0 +1,82 @@
+"""Which modules are compiled to C with mypyc, and which of them this process runs compiled.
+
+Every relayed request runs through the modules in :data:`COMPILED`. ``setup.py`` compiles them
+with mypyc when a C compiler and Python's headers are present (``pip install .``, and the
+bootstrap's editable install, which builds them in place); otherwise, or with
+``MCPPROXY_PURE_PYTHON=1``, the same source runs as pure Python. Compiled, a relayed request
+costs about a quarter fewer instructions (``bench/PROFILE.md``); behaviour is the same, and the
+test command runs the hot path's tests both ways.
+
+Only the standard library is imported here: ``setup.py`` reads this file before mcpproxy exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+from typing import Final
+
+#: The per-request modules: parsing, header policy, credentials, routing, the relay, the access
+#: line and metrics. The rest (config loading, the OAuth clients, aiohttp's app setup) runs once
+#: or rarely and stays interpreted.
+COMPILED: Final = (
+    "mcpproxy.credentials",
+    "mcpproxy.expiring",
+    "mcpproxy.headers",
+    "mcpproxy.http1",
+    "mcpproxy.jsonrpc",
+    "mcpproxy.logs",
+    "mcpproxy.metrics",
+    "mcpproxy.oauth.tokens",
+    "mcpproxy.providerdata",
+    "mcpproxy.requestid",
+    "mcpproxy.routing",
+    "mcpproxy.secrets",
+    "mcpproxy.tokencache",
+    "mcpproxy.upstream_auth",
+    "mcpproxy.web.proxy",
+    "mcpproxy.web.relay",
+    "mcpproxy.web.upstream",
+    "mcpproxy.web.watchdog",
+    "mcpproxy.web.writes",
+)
+
+_EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def compiled_modules() -> list[str]:
+    """The modules of :data:`COMPILED` that an import here loads from a C extension."""
+    found = []
+    for name in COMPILED:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and (spec.origin or "").endswith(_EXTENSION_SUFFIXES):
+            found.append(name)
+    return found
+
+
+def describe() -> str:
+    """One phrase for ``--version`` and the start-up log line."""
+    count = len(compiled_modules())
+    if count == 0:
+        return "pure Python"
+    return f"compiled with mypyc ({count} of {len(COMPILED)} per-request modules)"
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over ``setup.py`` and every module of the package under ``root``.
+
+    An in-place build is current while this digest is the one it was built from: the bootstrap
+    records it, and the test suite refuses to run extensions built from other sources (an
+    extension module is imported in preference to its ``.py`` file, so an edit would go unseen).
+    """
+    digest = hashlib.sha256()
+    for path in [root / "setup.py", *sorted((root / "mcpproxy").rglob("*.py"))]:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() if path.exists() else b"")
+    return digest.hexdigest()
+
+
+if __name__ == "__main__":  # `python mcpproxy/native.py`: the digest, for the bootstrap
+    print(source_digest(Path(__file__).resolve().parent.parent))
