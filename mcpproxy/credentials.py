@@ -9,7 +9,7 @@ value names the subject's origin in logs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from mcpproxy.config.model import (
     AuthorizationSource,
@@ -32,21 +32,29 @@ from mcpproxy.providerdata import (
 from mcpproxy.secrets import Secret
 
 
-class Subject(NamedTuple):
-    """The caller's credential and where it was found (a tuple: built on every request)."""
+class Subject:
+    """The caller's credential and where it was found."""
 
-    token: Secret
-    source: str
+    __slots__ = ("source", "token")
+
+    def __init__(self, token: Secret, source: str) -> None:
+        self.token = token
+        self.source = source
 
 
-class RequestView(NamedTuple):
+class RequestView:
     """What credential resolution looks at: headers, the route's public host and path, the body."""
 
-    headers: Headers
-    public_host: str
-    route_path: str
-    body: Body | None
-    max_bytes: int
+    __slots__ = ("body", "headers", "max_bytes", "public_host", "route_path")
+
+    def __init__(
+        self, headers: Headers, public_host: str, route_path: str, body: Body | None, max_bytes: int
+    ) -> None:
+        self.headers = headers
+        self.public_host = public_host
+        self.route_path = route_path
+        self.body = body
+        self.max_bytes = max_bytes
 
 
 def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> frozenset[str]:

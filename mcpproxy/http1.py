@@ -16,7 +16,6 @@ scanned for their end, not decoded (except a GET stream's, whose first event may
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
 
 from multidict import CIMultiDict
@@ -54,18 +53,32 @@ class ProtocolViolation(Exception):
     """An upstream response that is not valid HTTP/1.1 framing."""
 
 
-@dataclass(slots=True)
 class RequestHead:
-    method: str
-    target: str
-    headers: CIMultiDict[str]
-    host: str
-    content_length: int
-    keep_alive: bool
-    #: The field lines as received ("Name: value", in order), and each one's name in lower case
-    #: (what the relay forwards is chosen from these: :func:`mcpproxy.headers.upstream_request_lines`).
-    lines: list[str]
-    names: list[str]
+    """A request head the relay serves."""
+
+    __slots__ = ("content_length", "headers", "host", "keep_alive", "lines", "method", "names", "target")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        host: str,
+        content_length: int,
+        keep_alive: bool,
+        lines: list[str],
+        names: list[str],
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.host = host
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        #: The field lines as received ("Name: value", in order), and each one's name in lower
+        #: case (the relay forwards a choice of these: :func:`mcpproxy.headers.upstream_request_lines`).
+        self.lines = lines
+        self.names = names
 
 
 def parse_request_head(block: bytes) -> RequestHead | None:
@@ -148,19 +161,33 @@ class Framing(Enum):
     CLOSE = "close"  # body ends when the upstream closes the connection
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    reason: str
-    #: The field lines as received ("Name: value", in order), and each one's name in lower case:
-    #: the relay passes the lines it keeps on as they are, with no multidict in between.
-    lines: list[str]
-    names: list[str]
-    framing: Framing
-    length: int
-    keep_alive: bool
-    #: The media type, lower-case, without parameters ("" when there is none).
-    content_type: str = ""
+    """An upstream's response head, as the relay reads it."""
+
+    __slots__ = ("content_type", "framing", "keep_alive", "length", "lines", "names", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        lines: list[str],
+        names: list[str],
+        framing: Framing,
+        length: int,
+        keep_alive: bool,
+        content_type: str = "",
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        #: The field lines as received ("Name: value", in order), and each one's name in lower
+        #: case: the relay passes the lines it keeps on as they are, with no multidict in between.
+        self.lines = lines
+        self.names = names
+        self.framing = framing
+        self.length = length
+        self.keep_alive = keep_alive
+        #: The media type, lower-case, without parameters ("" when there is none).
+        self.content_type = content_type
 
     @property
     def headers(self) -> CIMultiDict[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import json.scanner
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
@@ -13,14 +12,22 @@ from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
 JsonId = str | int | float | None
 
 
-@dataclass
 class Body:
     """A POSTed JSON-RPC message or batch. ``messages`` is empty when the body is not JSON-RPC."""
 
-    raw: bytes
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    is_batch: bool = False
-    parsed: bool = False
+    __slots__ = ("is_batch", "messages", "parsed", "raw")
+
+    def __init__(
+        self,
+        raw: bytes,
+        messages: list[dict[str, Any]] | None = None,
+        is_batch: bool = False,
+        parsed: bool = False,
+    ) -> None:
+        self.raw = raw
+        self.messages: list[dict[str, Any]] = [] if messages is None else messages
+        self.is_batch = is_batch
+        self.parsed = parsed
 
     @property
     def first_id(self) -> JsonId:

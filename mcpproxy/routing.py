@@ -7,20 +7,22 @@ move a request outside its route's upstream path.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from mcpproxy.config.model import RouteSettings
 from mcpproxy.errors import ProxyError, bad_request
 
 
-class Match(NamedTuple):
-    """A request target's route (a tuple: one is made on every request)."""
+class Match:
+    """A request target's route."""
 
-    route: RouteSettings
-    remainder: str  # "" or "/…": the part after the route path, raw (still percent-encoded)
-    query: str  # raw query string without "?"
-    upstream_url: str
+    __slots__ = ("query", "remainder", "route", "upstream_url")
+
+    def __init__(self, route: RouteSettings, remainder: str, query: str, upstream_url: str) -> None:
+        self.route = route
+        self.remainder = remainder  # "" or "/…": the part after the route path, raw (percent-encoded)
+        self.query = query  # raw query string without "?"
+        self.upstream_url = upstream_url
 
 
 class RouteTable:

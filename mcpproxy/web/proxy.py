@@ -158,46 +158,70 @@ class RouteRuntime:
         await self.session.close()
 
 
-@dataclass(slots=True)
 class Incoming:
     """What judging a request reads of it, whichever server layer parsed it."""
 
-    method: str
-    path: str  # decoded, for logs
-    headers: Headers
-    host: str  # the Host header (or the listening address)
-    remote: str  # the peer's address
-    scheme: str
-    has_body: bool
+    __slots__ = ("has_body", "headers", "host", "method", "path", "remote", "scheme")
+
+    def __init__(
+        self, method: str, path: str, headers: Headers, host: str, remote: str, scheme: str, has_body: bool
+    ) -> None:
+        self.method = method
+        self.path = path  # decoded, for logs
+        self.headers = headers
+        self.host = host  # the Host header (or the listening address)
+        self.remote = remote  # the peer's address
+        self.scheme = scheme
+        self.has_body = has_body
 
 
-@dataclass(slots=True)
 class Prepared:
     """A request judged fit to forward: its credential rule."""
 
-    credential: UpstreamCredential
-    subject: Subject | None
-    list_filter: ListFilter | None
+    __slots__ = ("credential", "list_filter", "subject")
+
+    def __init__(
+        self, credential: UpstreamCredential, subject: Subject | None, list_filter: ListFilter | None
+    ) -> None:
+        self.credential = credential
+        self.subject = subject
+        self.list_filter = list_filter
 
 
-@dataclass(slots=True)
 class Outcome:
     """What the access log line and the metrics say about one request."""
 
-    route: str = "-"
-    mcp_method: str = "-"
-    status: int = 0
-    bytes_out: int = 0
-    subject: Subject | None = None
-    error: str | None = None
-    detail: str | None = None
-    upstream_s: float | None = None
-    upstream_status: int | None = None
-    identity: Identity | None = None
-    calls: list[Call] | None = None
-    fallback: bool = False
-    #: Which server layer answered: "relay" (mcpproxy.web.relay) or "aiohttp".
-    via: str = "aiohttp"
+    __slots__ = (
+        "bytes_out",
+        "calls",
+        "detail",
+        "error",
+        "fallback",
+        "identity",
+        "mcp_method",
+        "route",
+        "status",
+        "subject",
+        "upstream_s",
+        "upstream_status",
+        "via",
+    )
+
+    def __init__(self, route: str = "-", via: str = "aiohttp") -> None:
+        self.route = route
+        self.mcp_method = "-"
+        self.status = 0
+        self.bytes_out = 0
+        self.subject: Subject | None = None
+        self.error: str | None = None
+        self.detail: str | None = None
+        self.upstream_s: float | None = None
+        self.upstream_status: int | None = None
+        self.identity: Identity | None = None
+        self.calls: list[Call] | None = None
+        self.fallback = False
+        #: Which server layer answered: "relay" (mcpproxy.web.relay) or "aiohttp".
+        self.via = via
 
 
 class ProxyHandler:
