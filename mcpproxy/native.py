@@ -4,7 +4,7 @@ Every relayed request runs through the modules in :data:`COMPILED`. ``setup.py``
 with mypyc when a C compiler and Python's headers are present (``pip install .``, and the
 bootstrap's editable install, which builds them in place); otherwise, or with
 ``MCPPROXY_PURE_PYTHON=1``, the same source runs as pure Python. Compiled, a relayed request
-costs about a quarter fewer instructions (``bench/PROFILE.md``); behaviour is the same, and the
+takes about a third fewer instructions (``bench/PROFILE.md``); behaviour is the same, and the
 test command runs the hot path's tests both ways.
 
 The classes these modules build on every request (heads, matches, subjects, outcomes) are written
