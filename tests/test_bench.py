@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bench.profiling import python_frame, summarize
 from bench.run import STREAM, Row, first_event_ms, paired
 
 
@@ -37,3 +40,31 @@ def test_paired_compares_first_events_of_the_same_round() -> None:
         stream_row("p4", 2, 3.25),
     ]
     assert paired(rows, STREAM, 1, "p4", "direct", lambda a, b: a - b, metric=first_event_ms) == [0.5, 0.25]
+
+
+def test_compiled_frames_count_as_the_python_they_were_compiled_from(tmp_path: Path) -> None:
+    assert python_frame("CPyDef_relay____Exchange___end", "__native_mcpproxy.c") == (
+        "_Exchange.end",
+        "mcpproxy/web/relay.py",
+    )
+    assert python_frame("CPyDef_upstream_auth___UpstreamCredential___value_now", "x.c") == (
+        "UpstreamCredential.value_now",
+        "mcpproxy/upstream_auth.py",
+    )
+    assert python_frame("CPyDef_unknown___f", "x.c") == ("CPyDef_unknown___f", "x.c")
+    assert python_frame("uv__read", "stream.c") == ("uv__read", "stream.c")
+    loop = "run (asyncio/runners.py:190);uv__read (stream.c:1154)"
+    collapsed = tmp_path / "native.raw"
+    collapsed.write_text(
+        f"{loop};CPyPy_relay___CallerConnection___data_received (__native_mcpproxy.c:1);"
+        "CPyDef_relay___CallerConnection___data_received (__native_mcpproxy.c:2);"
+        "CPyDef_http1___parse_request_head (__native_mcpproxy.c:3);PyUnicode_New (unicodeobject.c:9) 3\n"
+        f"{loop};CPyDef_logs___encode_access (__native_mcpproxy.c:4) 1\n"
+    )
+    summary = summarize(collapsed)
+    categories = dict(summary["categories"])
+    assert categories["mcpproxy: relay (web/relay.py, web/upstream.py, http1.py)"] == 3
+    assert categories["structlog / logging (access log)"] == 1
+    inclusive = dict(summary["inclusive"])
+    assert inclusive["CallerConnection.data_received (mcpproxy/web/relay.py)"] == 3  # wrapper and body: once
+    assert dict(summary["self_py"])["parse_request_head (mcpproxy/http1.py)"] == 3
