@@ -25,9 +25,10 @@ fi
 
 # --- mcpproxy itself, editable; its per-request modules compiled in place by mypyc ------------
 # (setup.py, mcpproxy/native.py). An extension module is imported in preference to its .py file,
-# so they are rebuilt whenever a source changes; tests/conftest.py refuses stale ones.
-# MCPPROXY_PURE_PYTHON=1 installs without compiling.
-want="$(.venv/bin/python mcpproxy/native.py) pure=${MCPPROXY_PURE_PYTHON:-0}"
+# so they are rebuilt whenever a source changes, and when the packages change (mypyc's runtime
+# comes with mypy); tests/conftest.py refuses stale ones. MCPPROXY_PURE_PYTHON=1 installs without
+# compiling.
+want="$(.venv/bin/python mcpproxy/native.py) pure=${MCPPROXY_PURE_PYTHON:-0} packages=$(cat .venv/.stamp)"
 if [ "$(cat .venv/.package-stamp 2>/dev/null)" != "$want" ]; then
   find mcpproxy -name '*.so' -delete
   rm -f mcpproxy__mypyc.*.so
