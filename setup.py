@@ -8,7 +8,6 @@ half-built extensions would not import.
 
 from __future__ import annotations
 
-import os
 import runpy
 import shutil
 import sys
@@ -28,15 +27,15 @@ def _can_compile() -> bool:
 
 
 def _extensions() -> list[Any]:
-    if os.environ.get("MCPPROXY_PURE_PYTHON", "") not in ("", "0"):
+    native = runpy.run_path(str(ROOT / "mcpproxy" / "native.py"))
+    if native["pure_python_requested"]():
         return []
     if not _can_compile():
         print("mcpproxy: no C compiler or Python headers: building pure Python", file=sys.stderr)
         return []
     from mypyc.build import mypycify
 
-    modules = runpy.run_path(str(ROOT / "mcpproxy" / "native.py"))["COMPILED"]
-    paths = [name.replace(".", "/") + ".py" for name in modules]
+    paths = [name.replace(".", "/") + ".py" for name in native["COMPILED"]]
     # One shared library, named for the project (mcpproxy__mypyc), beside one stub per module.
     return list(mypycify(paths, opt_level="3", group_name="mcpproxy"))
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +51,11 @@ COMPILED: Final = (
 )
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def pure_python_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``MCPPROXY_PURE_PYTHON`` asks for a build with nothing compiled."""
+    return environ.get("MCPPROXY_PURE_PYTHON", "") not in ("", "0")
 
 
 def compiled_modules() -> list[str]:

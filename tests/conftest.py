@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     would hide every edit since. And a run meant to test pure Python must not load any of them.
     """
     compiled = native.compiled_modules()
-    if os.environ.get("MCPPROXY_PURE_PYTHON", "") not in ("", "0"):
+    if native.pure_python_requested():
         if compiled:
             pytest.exit(f"MCPPROXY_PURE_PYTHON is set, but these are compiled: {compiled}", returncode=4)
         return

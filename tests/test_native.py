@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from mcpproxy import native
@@ -19,7 +18,7 @@ def test_every_listed_module_is_a_module_of_the_package() -> None:
 
 def test_this_run_tests_the_build_it_says() -> None:
     compiled = native.compiled_modules()
-    if os.environ.get("MCPPROXY_PURE_PYTHON", "") not in ("", "0"):
+    if native.pure_python_requested():
         assert compiled == []
         assert native.describe() == "pure Python"
     elif compiled:
@@ -53,3 +52,11 @@ def test_source_digest_follows_every_module_and_setup(tmp_path: Path) -> None:
         digest = native.source_digest(tmp_path)
         assert digest not in seen
         seen.add(digest)
+
+
+def test_pure_python_is_requested_by_any_value_but_empty_or_zero() -> None:
+    assert not native.pure_python_requested({})
+    assert not native.pure_python_requested({"MCPPROXY_PURE_PYTHON": ""})
+    assert not native.pure_python_requested({"MCPPROXY_PURE_PYTHON": "0"})
+    assert native.pure_python_requested({"MCPPROXY_PURE_PYTHON": "1"})
+    assert native.pure_python_requested({"MCPPROXY_PURE_PYTHON": "yes"})
