@@ -55,7 +55,7 @@ from mcpproxy.web.proxy import (
     request_id_of,
     upstream_error,
 )
-from mcpproxy.web.upstream import UpstreamConnection, UpstreamTimeout
+from mcpproxy.web.upstream import ResponseSink, UpstreamConnection, UpstreamTimeout
 from mcpproxy.web.watchdog import Watchdog
 from mcpproxy.web.writes import WriteBatch
 
@@ -557,7 +557,7 @@ def _may_be_relayed(partial: bytearray) -> bool:
     return line.startswith(_METHODS_SP) and line.endswith(b" HTTP/1.1")
 
 
-class _Exchange:
+class _Exchange(ResponseSink):
     """One upstream response on its way to the caller (the upstream connection's sink)."""
 
     __slots__ = (

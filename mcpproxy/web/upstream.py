@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 from mcpproxy.http1 import (
@@ -35,16 +36,24 @@ class UpstreamTimeout(Exception):
     """The upstream was silent for longer than the route's idle timeout."""
 
 
-class ResponseSink(Protocol):
-    """Where an upstream response goes, as it arrives."""
+class ResponseSink:
+    """Where an upstream response goes, as it arrives.
 
-    def head(self, head: ResponseHead) -> None: ...
+    A base class rather than a ``Protocol``: compiled (:mod:`mcpproxy.native`), a call through a
+    base class is a direct one, where a call through a protocol looks the method up by name,
+    once for every chunk of a stream."""
 
-    def body(self, data: bytes) -> None: ...
+    def head(self, head: ResponseHead) -> None:
+        raise NotImplementedError
 
-    def end(self) -> None: ...
+    def body(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def fail(self, exc: Exception) -> None: ...
+    def end(self) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: Exception) -> None:
+        raise NotImplementedError
 
 
 class Origin:
@@ -130,6 +139,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
+        #: The loop's clock, looked up once: it is read for every chunk received.
+        self._clock: Callable[[], float] = self._loop.time
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._buffer = b""
@@ -211,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self._loop.time()
+        self._last_read = self._clock()
         if self._sink is None:
             # Bytes outside any exchange: the connection is not in a state to be reused.
             if self.transport is not None:
