@@ -9,7 +9,7 @@ value names the subject's origin in logs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from mcpproxy.config.model import (
     AuthorizationSource,
@@ -192,7 +192,7 @@ def _clean(value: str, label: str, max_bytes: int) -> str:
     return value
 
 
-_VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+_VISIBLE_ASCII: Final = bytes(range(0x21, 0x7F))
 
 
 def _visible(value: str) -> bool:

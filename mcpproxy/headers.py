@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",
@@ -33,7 +34,7 @@ HOP_BY_HOP = frozenset(
 )
 
 #: Headers that carry a caller's credential in any deployment we know of. Never forwarded.
-CREDENTIAL_HEADERS = frozenset(
+CREDENTIAL_HEADERS: Final = frozenset(
     {
         "authorization",
         "proxy-authorization",
@@ -51,7 +52,7 @@ CREDENTIAL_HEADERS = frozenset(
 )
 
 #: What an MCP client and server exchange on every transport revision (lower-case).
-MCP_REQUEST_HEADERS = frozenset(
+MCP_REQUEST_HEADERS: Final = frozenset(
     {
         "accept",
         "content-type",
@@ -67,30 +68,30 @@ MCP_REQUEST_HEADERS = frozenset(
 )
 
 #: Response headers the proxy sets itself or must not relay as they came.
-RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+RESPONSE_DROP: Final = HOP_BY_HOP | {"content-length", "server", "date"}
 
-_RESPONSE_DROP_COOKIES = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
+_RESPONSE_DROP_COOKIES: Final = RESPONSE_DROP | {"set-cookie", "set-cookie2"}
 
 # Field names looked up on every request. A CIMultiDict folds the case of a str key at each
 # lookup; an istr carries its folded form, which makes the lookup about three times cheaper.
-REQUEST_ID = istr("X-Request-Id")
+REQUEST_ID: Final = istr("X-Request-Id")
 #: What the line form of the response policy drops: the proxy sets X-Request-Id itself.
-_LINES_DROP = RESPONSE_DROP | {REQUEST_ID.lower()}
-_LINES_DROP_COOKIES = _RESPONSE_DROP_COOKIES | {REQUEST_ID.lower()}
-HOST = istr("Host")
-CONTENT_LENGTH = istr("Content-Length")
-CONNECTION = istr("Connection")
-AUTHORIZATION = istr("Authorization")
-MCP_METHOD = istr("Mcp-Method")
+_LINES_DROP: Final = RESPONSE_DROP | {REQUEST_ID.lower()}
+_LINES_DROP_COOKIES: Final = _RESPONSE_DROP_COOKIES | {REQUEST_ID.lower()}
+HOST: Final = istr("Host")
+CONTENT_LENGTH: Final = istr("Content-Length")
+CONNECTION: Final = istr("Connection")
+AUTHORIZATION: Final = istr("Authorization")
+MCP_METHOD: Final = istr("Mcp-Method")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
 #: Request fields the proxy sets itself (:func:`_forwarding`, with or without X-Forwarded-Host):
 #: never the caller's.
-_PROXY_SET = frozenset(
+_PROXY_SET: Final = frozenset(
     name.lower() for name in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, REQUEST_ID)
 )
-_PROXY_SET_NO_HOST = _PROXY_SET - {X_FORWARDED_HOST.lower()}
+_PROXY_SET_NO_HOST: Final = _PROXY_SET - {X_FORWARDED_HOST.lower()}
 
 
 def is_token(name: str) -> bool:

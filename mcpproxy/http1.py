@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Final
 
 from multidict import CIMultiDict
 
@@ -28,23 +29,23 @@ from mcpproxy.headers import (
 
 #: The bytes a header line may hold besides its CRLF: HTAB, SP and visible ASCII (checked with
 #: ``bytes.translate``, which runs at memory speed where a regex over a 1 KB JWT took ~10 µs).
-_LINE_BYTES = bytes([0x09, *range(0x20, 0x7F)])
-_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LINE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F)])
+_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Field names already found valid, each with its lower-case form: clients send the same dozen
 #: names on every request, and a dict lookup costs a fraction of the regex. Bounded, so odd
 #: names cannot grow it.
-_VALID_NAMES: dict[str, str] = {}
-_MAX_VALID_NAMES = 256
+_VALID_NAMES: Final[dict[str, str]] = {}
+_MAX_VALID_NAMES: Final = 256
 #: An origin-form request target of visible ASCII.
-_TARGET = re.compile(rb"/[\x21-\x7e]*")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
+_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
 #: Request fields the relay leaves to aiohttp (a body framed otherwise, a protocol switch).
-_NOT_RELAYED = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
+_NOT_RELAYED: Final = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
 #: Request methods the relay serves; the rest (HEAD, OPTIONS...) go to aiohttp.
-RELAYED_METHODS = frozenset({b"POST", b"GET", b"DELETE"})
+RELAYED_METHODS: Final = frozenset({b"POST", b"GET", b"DELETE"})
 #: Upper bound for an upstream's response head.
-MAX_RESPONSE_HEAD = 64 * 1024
-END_OF_HEAD = b"\r\n\r\n"
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+END_OF_HEAD: Final = b"\r\n\r\n"
 
 
 class ProtocolViolation(Exception):
@@ -96,7 +97,8 @@ def parse_request_head(block: bytes) -> RequestHead | None:
     fields = _fields(block[line_end + 2 : -4])
     if fields is None:
         return None
-    return _request_head(parts[0].decode(), parts[1].decode(), *fields)
+    headers, lines, names = fields  # not *fields: compiled, a call with * is a generic one
+    return _request_head(parts[0].decode(), parts[1].decode(), headers, lines, names)
 
 
 def _fields(block: bytes) -> tuple[CIMultiDict[str], list[str], list[str]] | None:
@@ -195,10 +197,10 @@ class ResponseHead:
 
 
 #: Response field names already seen well formed, each with its lower-case form (bounded).
-_RESPONSE_NAMES: dict[str, str] = {}
+_RESPONSE_NAMES: Final[dict[str, str]] = {}
 #: Response fields that decide framing and reuse, collected while the head is split.
-_FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
-_STATUS_LINE_START = ("HTTP/1.1 ", "HTTP/1.0 ")
+_FRAMING_FIELDS: Final = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
+_STATUS_LINE_START: Final = ("HTTP/1.1 ", "HTTP/1.0 ")
 
 
 def parse_response_head(block: bytes) -> ResponseHead:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import json.scanner
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
 
@@ -74,7 +74,7 @@ def loader(decoder: json.JSONDecoder) -> Callable[[bytes], Any]:
     return loads
 
 
-_loads = loader(json.JSONDecoder())
+_loads: Final = loader(json.JSONDecoder())
 
 
 def parse_body(raw: bytes, *, strict: bool) -> Body:

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, MutableMapping
 from json import encoder as json_encoder
-from typing import Any, NamedTuple, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
 import structlog
 
@@ -53,9 +53,9 @@ class _AccessSink:
     pending: list[str] = []
 
 
-_ACCESS = _AccessSink()
+_ACCESS: Final = _AccessSink()
 #: Past this many pending lines the batch is written at once.
-_MAX_PENDING = 256
+_MAX_PENDING: Final = 256
 
 
 class AccessEntry(NamedTuple):
@@ -80,13 +80,13 @@ class AccessEntry(NamedTuple):
 
 
 #: JSON string literal of a str (``TypeError`` for anything else: a Secret cannot be written).
-_json_str: Callable[[str], str] = json_encoder.encode_basestring_ascii
-_ACCESS_HEAD = (
+_json_str: Final[Callable[[str], str]] = json_encoder.encode_basestring_ascii
+_ACCESS_HEAD: Final = (
     '{"route":%s,"method":%s,"path":%s,"mcp_method":%s,"status":%d,"bytes":%d,'
     '"duration_ms":%.3f,"request_id":%s,"via":%s'
 )
 #: The optional text fields, as JSON keys (the last fields of AccessEntry).
-_ACCESS_TEXT = tuple(f',"{name}":' for name in AccessEntry._fields[-5:])
+_ACCESS_TEXT: Final = tuple(f',"{name}":' for name in AccessEntry._fields[-5:])
 
 
 def encode_access(entry: AccessEntry, timestamp: str) -> str:

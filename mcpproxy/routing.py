@@ -7,6 +7,7 @@ move a request outside its route's upstream path.
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from mcpproxy.config.model import RouteSettings
@@ -56,8 +57,8 @@ class RouteTable:
 #: Paths that passed :func:`check_target`: a client sends the same path on every request of a
 #: session (only the query differs), and a set lookup costs a tenth of the check. Bounded, so
 #: varied paths cannot grow it.
-_CHECKED: set[str] = set()
-_MAX_CHECKED = 1024
+_CHECKED: Final[set[str]] = set()
+_MAX_CHECKED: Final = 1024
 
 
 def check_target(path: str) -> None:

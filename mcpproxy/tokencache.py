@@ -17,13 +17,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from mcpproxy.errors import ProxyError
 from mcpproxy.expiring import ExpiringLRU
 from mcpproxy.secrets import Secret
 
-_KEY_DOMAIN = b"mcpproxy-token-cache-v2\0"
+_KEY_DOMAIN: Final = b"mcpproxy-token-cache-v2\0"
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,8 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
 
 #: A part of the key: a tag, the length of what follows, then that. Tokens enter as their 32-byte
 #: SHA-256, an absent token as a tag of its own.
-_DIGEST = b"+" + (32).to_bytes(8, "big")
-_ABSENT = b"-" + bytes(8)
+_DIGEST: Final = b"+" + (32).to_bytes(8, "big")
+_ABSENT: Final = b"-" + bytes(8)
 
 
 def _part(data: bytes) -> bytes:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mcpproxy.web.writes import LARGE_WRITE, MAX_QUEUED, WriteBatch
+from mcpproxy.web.writes import LARGE_WRITE, MAX_QUEUED, Outlet, WriteBatch
 
 
 class Reader:
@@ -133,10 +133,10 @@ async def test_a_streamed_event_goes_out_at_once_after_what_was_queued() -> None
     head, other = Recording(), Recording()
     batch.write(head, b"HTTP/1.1 200 OK\r\n\r\n")  # the answer's head, queued this iteration
     batch.write(other, b"another answer")
-    batch.write_now(head, b"data: 1\n\n")
+    batch.write_now(Outlet(head), b"data: 1\n\n")
     assert head.written == [b"HTTP/1.1 200 OK\r\n\r\n", b"data: 1\n\n"]  # at once, head first
     assert other.written == [b"another answer"]  # the queue went out before it, whole
-    batch.write_now(head, b"data: 2\n\n")
+    batch.write_now(Outlet(head), b"data: 2\n\n")
     assert head.written[-1] == b"data: 2\n\n"
     await asyncio.sleep(0)  # the flush scheduled for the queue finds nothing left
     assert len(head.written) == 3 and len(other.written) == 1
@@ -146,8 +146,8 @@ async def test_a_streamed_event_to_a_closed_transport_is_dropped() -> None:
     batch = WriteBatch(asyncio.get_running_loop())
     async with connections(2) as (reader, (gone, alive)):
         gone.abort()  # the caller went away
-        batch.write_now(gone, b"data: lost\n\n")
-        batch.write_now(alive, b"data: kept\n\n")
+        batch.write_now(Outlet(gone), b"data: lost\n\n")
+        batch.write_now(Outlet(alive), b"data: kept\n\n")
         alive.close()
         await until(lambda: len(reader.closed) == 2)
         assert sorted(reader.closed) == [b"", b"data: kept\n\n"]

@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -68,9 +68,9 @@ from mcpproxy.web.upstream import Origin, UpstreamPool
 
 log = structlog.get_logger("mcpproxy.proxy")
 
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Bodies up to this size are read whole (one read, one write); larger ones are streamed.
-SMALL_BODY = 64 * 1024
+SMALL_BODY: Final = 64 * 1024
 _CHUNK = 64 * 1024
 #: A JSON list answer is read whole to be filtered; past this size it is refused (fail closed).
 MAX_FILTERED_BODY = 32 * 1024 * 1024

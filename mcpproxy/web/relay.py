@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from email.utils import formatdate
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import unquote
 
 import structlog
@@ -57,7 +57,7 @@ from mcpproxy.web.proxy import (
 )
 from mcpproxy.web.upstream import ResponseSink, UpstreamConnection, UpstreamTimeout
 from mcpproxy.web.watchdog import Watchdog
-from mcpproxy.web.writes import WriteBatch
+from mcpproxy.web.writes import Outlet, WriteBatch
 
 if TYPE_CHECKING:
     from mcpproxy.web.app import Live
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mcpproxy.relay")
 
 #: Paths the aiohttp application answers itself.
-_OPERATIONAL = ("/healthz", "/readyz", "/metrics", prm.WELL_KNOWN)
+_OPERATIONAL: Final = ("/healthz", "/readyz", "/metrics", prm.WELL_KNOWN)
 #: Seconds an idle caller connection is kept open (aiohttp's default keep-alive).
 KEEPALIVE_S = 75.0
 #: Bytes buffered from a caller while its current request is being answered.
@@ -156,7 +156,11 @@ class CallerConnection(asyncio.Protocol):
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
         self._loop = asyncio.get_running_loop()
+        #: The loop's clock, looked up once (see Outlet).
+        self._clock: Callable[[], float] = self._loop.time
         self.transport: asyncio.Transport | None = None
+        #: The transport's write, for streamed events (set and cleared with ``transport``).
+        self._outlet: Outlet | None = None
         self._buffer = bytearray()
         self._remote = ""
         self.busy = False
@@ -164,7 +168,7 @@ class CallerConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._exchange: _Exchange | None = None
         self._watchdog = Watchdog(self._loop, self._keepalive)
-        self._idle_since = self._loop.time()
+        self._idle_since = self._clock()
         self._close_after = False
         self._paused_reading = False
         self.write_paused = False
@@ -174,6 +178,7 @@ class CallerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        self._outlet = Outlet(self.transport)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) else ""
         self._relay.connections.add(self)
@@ -183,6 +188,7 @@ class CallerConnection(asyncio.Protocol):
         self._relay.connections.discard(self)
         self._watchdog.cancel()
         self.transport = None
+        self._outlet = None
         if self._task is not None:
             self._task.cancel()
         if self._exchange is not None:
@@ -195,7 +201,7 @@ class CallerConnection(asyncio.Protocol):
         if not self.busy:
             self._next()
             if not self.busy:
-                self._idle_since = self._loop.time()  # a head or body still arriving: as long as idle
+                self._idle_since = self._clock()  # a head or body still arriving: as long as idle
         elif len(self._buffer) > _MAX_PENDING and self.transport is not None:
             self.transport.pause_reading()
             self._paused_reading = True
@@ -476,8 +482,8 @@ class CallerConnection(asyncio.Protocol):
             self._relay.writes.write(self.transport, data)
 
     def write_now(self, data: bytes) -> None:
-        if self.transport is not None:
-            self._relay.writes.write_now(self.transport, data)
+        if self._outlet is not None:
+            self._relay.writes.write_now(self._outlet, data)
 
     def _close(self) -> None:
         """Close the connection once what was written to it is sent."""
@@ -499,7 +505,7 @@ class CallerConnection(asyncio.Protocol):
         if self._buffer:
             self._next()
         if not self.busy:
-            self._idle_since = self._loop.time()
+            self._idle_since = self._clock()
 
     def _hand_over(self) -> None:
         """Give the connection, with everything read so far, to aiohttp's request handler."""
@@ -514,6 +520,7 @@ class CallerConnection(asyncio.Protocol):
         protocol.connection_made(transport)
         data, self._buffer = bytes(self._buffer), bytearray()
         self.transport = None
+        self._outlet = None
         if self._paused_reading:
             transport.resume_reading()
         if data:
@@ -527,7 +534,7 @@ class CallerConnection(asyncio.Protocol):
             return None
         if self.busy:
             return KEEPALIVE_S
-        left = self._idle_since + KEEPALIVE_S - self._loop.time()
+        left = self._idle_since + KEEPALIVE_S - self._clock()
         if left > 0:
             return left
         self._close()
@@ -542,7 +549,7 @@ class CallerConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-_METHODS_SP = tuple(method + b" " for method in RELAYED_METHODS)
+_METHODS_SP: Final = tuple(method + b" " for method in RELAYED_METHODS)
 
 
 def _may_be_relayed(partial: bytearray) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 from urllib.parse import urlsplit
 
 from mcpproxy.http1 import (
@@ -28,8 +28,8 @@ from mcpproxy.web.watchdog import Watchdog
 from mcpproxy.web.writes import WriteBatch
 
 #: Idle upstream connections kept per route, and for how long.
-MAX_IDLE = 64
-KEEPALIVE_S = 30.0
+MAX_IDLE: Final = 64
+KEEPALIVE_S: Final = 30.0
 
 
 class UpstreamTimeout(Exception):
@@ -138,9 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         #: The loop's clock, looked up once: it is read for every chunk received.
-        self._clock: Callable[[], float] = self._loop.time
+        self._clock: Callable[[], float] = loop.time
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._buffer = b""
@@ -150,7 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._scanner: ChunkScanner | None = None
         self._keep_alive = False
         self._last_read = 0.0
-        self._watchdog = Watchdog(self._loop, self._due)
+        self._watchdog = Watchdog(loop, self._due)
         self._pooled_at: float | None = None
         self._paused = False
 
@@ -191,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def enter_pool(self) -> None:
-        self._pooled_at = self._loop.time()
+        self._pooled_at = self._clock()
         self._watchdog.within(KEEPALIVE_S)
 
     def leave_pool(self) -> None:
@@ -205,7 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = sink
         self._buffer = b""
         self._framing = None
-        self._last_read = self._loop.time()
+        self._last_read = self._clock()
         self._watchdog.within(self._pool.idle_timeout)
         self.resume()
         writes.write(self.transport, request)
@@ -218,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
     def resume(self) -> None:
         if self.transport is not None and self._paused:
             self._paused = False
-            self._last_read = self._loop.time()
+            self._last_read = self._clock()
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -319,7 +319,7 @@ class UpstreamConnection(asyncio.Protocol):
         the one not reading."""
         if self.transport is None:
             return None
-        now = self._loop.time()
+        now = self._clock()
         idle = self._pool.idle_timeout
         if self._pooled_at is not None:
             left = self._pooled_at + KEEPALIVE_S - now

@@ -19,23 +19,26 @@ class Watchdog:
     watch.
     """
 
-    __slots__ = ("_check", "_handle", "_loop", "_when")
+    __slots__ = ("_call_at", "_check", "_clock", "_handle", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, check: Callable[[], float | None]) -> None:
-        self._loop = loop
+        # The loop's methods, looked up once: compiled, a call by name on the loop is a lookup
+        # each time, and a connection asks for a deadline on every request.
+        self._clock: Callable[[], float] = loop.time
+        self._call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] = loop.call_at
         self._check = check
         self._handle: asyncio.TimerHandle | None = None
         self._when = 0.0
 
     def within(self, delay: float) -> None:
         """Make sure ``check`` runs at most ``delay`` seconds from now."""
-        when = self._loop.time() + delay
+        when = self._clock() + delay
         if self._handle is not None:
             if self._when <= when:
                 return
             self._handle.cancel()
         self._when = when
-        self._handle = self._loop.call_at(when, self._fire)
+        self._handle = self._call_at(when, self._fire)
 
     def cancel(self) -> None:
         if self._handle is not None:
