@@ -81,38 +81,58 @@ class AccessEntry(NamedTuple):
 
 #: JSON string literal of a str (``TypeError`` for anything else: a Secret cannot be written).
 _json_str: Final[Callable[[str], str]] = json_encoder.encode_basestring_ascii
-_ACCESS_HEAD: Final = (
-    '{"route":%s,"method":%s,"path":%s,"mcp_method":%s,"status":%d,"bytes":%d,'
-    '"duration_ms":%.3f,"request_id":%s,"via":%s'
-)
-#: The optional text fields, as JSON keys (the last fields of AccessEntry).
-_ACCESS_TEXT: Final = tuple(f',"{name}":' for name in AccessEntry._fields[-5:])
+#: JSON literals of the line's recurring texts (route, method, path, MCP method, via, credential
+#: source, error): a dict lookup instead of an encoder call. Bounded, as paths come from callers.
+_QUOTED: Final[dict[str, str]] = {}
+_MAX_QUOTED: Final = 1024
 
 
 def encode_access(entry: AccessEntry, timestamp: str) -> str:
     """One access line, a JSON object with its newline.
 
-    Formatted from a fixed template: the generic JSON encoder over a dict (with the key-name
-    redaction pass the other log lines get) cost about three times as much, on the one log line
-    every request writes (bench/PROFILE.md)."""
+    Written out field by field: the generic JSON encoder over a dict (with the key-name
+    redaction pass the other log lines get) cost about three times as much, and a ``%`` template
+    with float formats still twice as much, on the one log line every request writes
+    (bench/PROFILE.md)."""
     mcp_method = entry.mcp_method
-    line = _ACCESS_HEAD % (
-        _json_str(entry.route),
-        _json_str(entry.method),
-        _json_str(entry.path),
-        "null" if mcp_method is None else _json_str(mcp_method),
-        entry.status,
-        entry.bytes,
-        entry.duration_ms,
-        _json_str(entry.request_id),
-        _json_str(entry.via),
+    line = (
+        f'{{"route":{_quoted(entry.route)},"method":{_quoted(entry.method)},'
+        f'"path":{_quoted(entry.path)},'
+        f'"mcp_method":{"null" if mcp_method is None else _quoted(mcp_method)},'
+        f'"status":{entry.status},"bytes":{entry.bytes},"duration_ms":{_millis(entry.duration_ms)},'
+        f'"request_id":{_json_str(entry.request_id)},"via":{_quoted(entry.via)}'
     )
     if entry.upstream_ms is not None:
-        line += ',"upstream_ms":%.3f' % entry.upstream_ms  # noqa: UP031 - a format spec, see _timestamp
-    for key, value in zip(_ACCESS_TEXT, entry[-5:], strict=True):
-        if value:
-            line += key + _json_str(value)
+        line += ',"upstream_ms":' + _millis(entry.upstream_ms)
+    if entry.credential_source:
+        line += ',"credential_source":' + _quoted(entry.credential_source)
+    if entry.subject_fingerprint:
+        line += ',"subject_fingerprint":' + _json_str(entry.subject_fingerprint)
+    if entry.sub:
+        line += ',"sub":' + _json_str(entry.sub)
+    if entry.error:
+        line += ',"error":' + _quoted(entry.error)
+    if entry.detail:
+        line += ',"detail":' + _json_str(entry.detail)
     return line + ',"event":"request","level":"info","timestamp":"' + timestamp + '"}\n'
+
+
+def _quoted(text: str) -> str:
+    quoted = _QUOTED.get(text)
+    if quoted is None:
+        quoted = _json_str(text)
+        if len(_QUOTED) < _MAX_QUOTED:
+            _QUOTED[text] = quoted
+    return quoted
+
+
+def _millis(value: float) -> str:
+    """Milliseconds with three decimals, as ``"%.3f" % value`` writes them (but for a rare last
+    digit on an exact half), from integers: formatting a float is several times the cost."""
+    micros = round(value * 1000)
+    if micros < 0:
+        return "%.3f" % value  # noqa: UP031 - not met: durations come from a monotonic clock
+    return str(micros // 1000) + "." + str(1000 + micros % 1000)[1:]
 
 
 def access(entry: AccessEntry) -> None:
@@ -139,14 +159,13 @@ _second: tuple[int, str] = (0, "")
 
 def _timestamp() -> str:
     """Now in ISO 8601 UTC with microseconds, as structlog writes it; the part up to the
-    seconds is formatted once a second."""
+    seconds is formatted once a second, the microseconds from an integer (see _millis)."""
     global _second
     now = time.time()
     whole = int(now)
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    # % formatting: an f-string with a format spec looks up __format__ (twice the cost here)
-    return "%s.%06dZ" % (_second[1], (now - whole) * 1_000_000)  # noqa: UP031 - %d truncates like int()
+    return _second[1] + "." + str(1_000_000 + int((now - whole) * 1_000_000))[1:] + "Z"
 
 
 def flush() -> None:

@@ -24,4 +24,6 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_request_id() -> str:
     """16 hex digits: 8 of the process's prefix, 8 of its counter."""
-    return "%s%08x" % (_prefix, next(_counter) & 0xFFFFFFFF)  # noqa: UP031 - no __format__ look-up
+    # hex() of the counter with a 33rd bit set is "0x1" and the 8 digits, zero-padded: no
+    # format string to parse on every request
+    return _prefix + hex(0x1_0000_0000 | (next(_counter) & 0xFFFF_FFFF))[3:]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pickle
+import re
+import time
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -12,6 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from mcpproxy import requestid
 from mcpproxy.errors import ProxyError
 from mcpproxy.headers import (
     downstream_response_headers,
@@ -21,7 +25,7 @@ from mcpproxy.headers import (
     upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
-from mcpproxy.logs import AccessEntry, encode_access
+from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -269,6 +273,37 @@ _ACCESS_ALWAYS = {
     "request_id",
     "via",
 }
+
+
+@given(st.floats(min_value=0, max_value=1e8, allow_nan=False))
+@example(0.0)
+@example(0.0004999)
+@example(999.9996)
+@example(1.23456)
+def test_millis_are_the_value_to_three_decimals(value: float) -> None:
+    written = _millis(value)
+    assert re.fullmatch(r"(0|[1-9][0-9]*)\.[0-9]{3}", written)
+    assert abs(float(written) - value) <= 0.0005 + value * 1e-15
+    # %.3f, the format it replaces, differs at most in the last digit of an exact half
+    assert written == f"{value:.3f}" or abs(float(written) - float(f"{value:.3f}")) <= 0.0011
+
+
+def test_access_timestamp_is_now_in_iso_8601_with_microseconds() -> None:
+    before = time.time()
+    written = _timestamp()
+    after = time.time()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written)
+    seconds = time.mktime(time.strptime(written[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    assert int(before) - 1 <= seconds + int(written[20:26]) / 1e6 <= after + 1e-6
+
+
+def test_request_ids_are_16_hex_digits_a_prefix_and_a_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [requestid.new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid in ids)
+    assert len({rid[:8] for rid in ids}) == 1
+    monkeypatch.setattr(requestid, "_counter", itertools.count(0xFFFFFFFE))
+    assert [requestid.new_request_id()[8:] for _ in range(3)] == ["fffffffe", "ffffffff", "00000000"]
 
 
 def test_access_line_cannot_carry_a_secret() -> None:

@@ -403,7 +403,7 @@ class CallerConnection(asyncio.Protocol):
         start = f"{head.method} {target} HTTP/1.1\r\nHost: {origin.host_header}"
         body = request.body.raw if request.body is not None else b""
         if head.method == "POST" or body:
-            lines.append("Content-Length: %d" % len(body))  # noqa: UP031 - see logs._timestamp
+            lines.append("Content-Length: " + str(len(body)))
         try:
             return encode_lines(start, lines) + body
         except UnicodeEncodeError:
@@ -617,7 +617,7 @@ class _Exchange(ResponseSink):
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = True
         elif head.framing is Framing.LENGTH:
-            lines.append("Content-Length: %d" % head.length)  # noqa: UP031 - see logs._timestamp
+            lines.append("Content-Length: " + str(head.length))
         elif head.framing is not Framing.NONE:
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = head.framing is Framing.CLOSE
