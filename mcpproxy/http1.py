@@ -282,9 +282,10 @@ def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Fr
     return Framing.CLOSE, 0, False, content_type
 
 
-def _whole_chunk(data: bytes, pos: int) -> int:
-    """Where a whole non-empty chunk at ``pos`` ends — a size line of 1 to 15 hex digits and no
-    extension, the data, CRLF — or -1 when there is none (a part, the last chunk, anything else).
+def _whole_chunk(data: bytes, pos: int) -> tuple[int, int]:
+    """Where the data of a whole non-empty chunk at ``pos`` starts and stops — a size line of 1
+    to 15 hex digits and no extension, the data, CRLF (the chunk ends 2 bytes after the stop) —
+    or (-1, -1) when there is none (a part, the last chunk, anything else).
 
     Read byte by byte rather than with a regex and ``int(…, 16)``: compiled, this is a few
     machine instructions a digit, and it runs for every event of every stream."""
@@ -303,9 +304,10 @@ def _whole_chunk(data: bytes, pos: int) -> int:
             break
         i += 1
     if i == pos or size == 0 or not _crlf_at(data, i):
-        return -1
-    after = i + 2 + size
-    return after + 2 if _crlf_at(data, after) else -1
+        return -1, -1
+    start = i + 2
+    stop = start + size
+    return (start, stop) if _crlf_at(data, stop) else (-1, -1)
 
 
 def _crlf_at(data: bytes, pos: int) -> bool:
@@ -334,8 +336,8 @@ class ChunkScanner:
         while pos < end and not self.done:
             if self._state == 0 and not self._line:
                 # The common case, a streamed event: a bare size line, then the whole chunk.
-                after = _whole_chunk(data, pos)
-                pos = after if after > 0 else self._line_step(data, pos)
+                start, stop = _whole_chunk(data, pos)
+                pos = stop + 2 if start > 0 else self._line_step(data, pos)
             elif self._state == 1:
                 take = self._remaining
                 if take + 2 <= end - pos and data[pos + take : pos + take + 2] == b"\r\n":
@@ -408,6 +410,12 @@ class ChunkDecoder(ChunkScanner):
         parts = []
         pos, end = 0, len(data)
         while pos < end and not self.done:
+            if self._state == 0 and not self._line:
+                start, stop = _whole_chunk(data, pos)  # a streamed event in one read, as above
+                if start > 0:
+                    parts.append(data[start:stop])
+                    pos = stop + 2
+                    continue
             if self._state == 1:
                 start, pos = pos, self._data_step(data, pos)
                 parts.append(data[start:pos])

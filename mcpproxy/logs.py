@@ -129,10 +129,12 @@ def _quoted(text: str) -> str:
 def _millis(value: float) -> str:
     """Milliseconds with three decimals, as ``"%.3f" % value`` writes them (but for a rare last
     digit on an exact half), from integers: formatting a float is several times the cost."""
-    micros = round(value * 1000)
-    if micros < 0:
+    if value < 0:
         return "%.3f" % value  # noqa: UP031 - not met: durations come from a monotonic clock
-    return str(micros // 1000) + "." + str(1000 + micros % 1000)[1:]
+    digits = str(int(value * 1000 + 0.5))
+    if len(digits) < 4:
+        digits = ("000" + digits)[-4:]
+    return digits[:-3] + "." + digits[-3:]
 
 
 def access(entry: AccessEntry) -> None:

@@ -808,27 +808,28 @@ def test_chunk_scanner_empty_feed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "pos", "end"),
+    ("data", "pos", "found"),
     [
-        (b"5\r\nhello\r\n", 0, 10),
-        (b"xx5\r\nhello\r\nrest", 2, 12),
-        (b"fF\r\n" + b"a" * 255 + b"\r\n", 0, 4 + 255 + 2),
-        (b"0" * 14 + b"1\r\na\r\n", 0, 20),  # 15 digits, the most a size line may have
-        (b"0" * 15 + b"1\r\na\r\n", 0, -1),  # 16
-        (b"0\r\n\r\n", 0, -1),  # the last chunk: its trailers are the scanner's slow path
-        (b"5;x\r\nhello\r\n", 0, -1),  # an extension
-        (b"5\r\nhell", 0, -1),  # a part
-        (b"5\r\nhello\r", 0, -1),
-        (b"5\r\nhelloX\r\n", 0, -1),
-        (b"5\nhello\r\n", 0, -1),
-        (b"g\r\n", 0, -1),
-        (b"", 0, -1),
+        (b"5\r\nhello\r\n", 0, (3, 8)),
+        (b"xx5\r\nhello\r\nrest", 2, (5, 10)),
+        (b"fF\r\n" + b"a" * 255 + b"\r\n", 0, (4, 4 + 255)),
+        (b"0" * 14 + b"1\r\na\r\n", 0, (17, 18)),  # 15 digits, the most a size line may have
+        (b"0" * 15 + b"1\r\na\r\n", 0, (-1, -1)),  # 16
+        (b"0\r\n\r\n", 0, (-1, -1)),  # the last chunk: its trailers are the scanner's slow path
+        (b"5;x\r\nhello\r\n", 0, (-1, -1)),  # an extension
+        (b"5\r\nhell", 0, (-1, -1)),  # a part
+        (b"5\r\nhello\r", 0, (-1, -1)),
+        (b"5\r\nhelloX\r\n", 0, (-1, -1)),
+        (b"5\nhello\r\n", 0, (-1, -1)),
+        (b"g\r\n", 0, (-1, -1)),
+        (b"", 0, (-1, -1)),
     ],
 )
-def test_whole_chunk_fast_path(data: bytes, pos: int, end: int) -> None:
-    """The scanner's fast path for a streamed event (a whole chunk in one read) finds exactly the
-    chunks it may take in one step, and leaves everything else to the line-by-line path."""
-    assert _whole_chunk(data, pos) == end
+def test_whole_chunk_fast_path(data: bytes, pos: int, found: tuple[int, int]) -> None:
+    """The fast path of the scanner and the decoder for a streamed event (a whole chunk in one
+    read) finds exactly the chunks it may take in one step, and leaves everything else to the
+    line-by-line path."""
+    assert _whole_chunk(data, pos) == found
 
 
 MALFORMED_BODIES: dict[str, bytes] = {
