@@ -66,19 +66,21 @@ def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> fr
 
 
 def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes: int) -> None:
-    """Refuse duplicates and malformed values of credential headers, whether or not they are used."""
-    seen: set[str] = set()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower not in names:
+    """Refuse duplicates and malformed values of credential headers, whether or not they are used.
+
+    Looked up by name (``names`` are lower case; the multidict's lookups ignore case), a handful
+    of hash lookups, rather than by walking every field of the request."""
+    for name in names:
+        if name not in headers:
             continue
-        if lower in seen and lower != "cookie":
+        values = headers.getall(name)
+        if len(values) > 1 and name != "cookie":
             raise bad_request(f"{name} sent more than once", reason="duplicate_credentials")
-        seen.add(lower)
-        if "\r" in value or "\n" in value or "\0" in value:
-            raise bad_request(f"{name} contains a control character", reason="malformed_credential")
-        if len(value) > max_bytes:
-            raise bad_request(f"{name} is too long", reason="malformed_credential")
+        for value in values:
+            if "\r" in value or "\n" in value or "\0" in value:
+                raise bad_request(f"{name} contains a control character", reason="malformed_credential")
+            if len(value) > max_bytes:
+                raise bad_request(f"{name} is too long", reason="malformed_credential")
 
 
 def resolve_subject(sources: tuple[SubjectSource, ...], view: RequestView) -> Subject | None:

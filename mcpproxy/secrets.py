@@ -67,7 +67,19 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
+#: Fingerprints already computed, by digest: a caller's token comes back request after request.
+#: Bounded (emptied when full). It holds what the token cache's keys are made of, no token.
+_TAGS: Final[dict[bytes, str]] = {}
+_MAX_TAGS: Final = 4096
+
+
 def _tag(digest: bytes) -> str:
     """First 12 hex digits of SHA-256 over a domain tag and a value's own SHA-256: enough to tell
     tokens apart, useless to an attacker, and unrelated to the token cache's keys (another domain)."""
-    return hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]
+    tag = _TAGS.get(digest)
+    if tag is None:
+        tag = hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]
+        if len(_TAGS) >= _MAX_TAGS:
+            _TAGS.clear()
+        _TAGS[digest] = tag
+    return tag

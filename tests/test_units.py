@@ -98,6 +98,20 @@ def test_secret_never_renders() -> None:
         pickle.dumps(secret)
 
 
+def test_fingerprints_are_remembered_boundedly_and_stay_right() -> None:
+    from mcpproxy import secrets
+
+    def expected(value: str) -> str:
+        digest = hashlib.sha256(value.encode()).digest()
+        return hashlib.sha256(b"mcpproxy-fingerprint-v2\0" + digest).hexdigest()[:12]
+
+    values = [f"token-{i}" for i in range(secrets._MAX_TAGS + 100)]
+    for value in values:
+        assert Secret(value).fingerprint() == expected(value)
+        assert len(secrets._TAGS) <= secrets._MAX_TAGS
+    assert all(Secret(value).fingerprint() == expected(value) for value in values[::97])
+
+
 def test_header_policy_both_ways() -> None:
     allowed = route_allowlist(["x-tenant"], ["x-tenant-secret"])
     incoming = CIMultiDict(
