@@ -155,7 +155,7 @@ def upstream_request_lines(
         dropped = dropped | connection_named(incoming)
     if replaced is not None and replaced.lower() in allowed:
         dropped = dropped | {replaced.lower()}
-    out = [line for name, line in zip(names, lines, strict=True) if name in allowed and name not in dropped]
+    out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
     out += _forwarding(incoming, client_ip, scheme, host, request_id)
     return out
 
@@ -203,7 +203,8 @@ def downstream_response_lines(
     if "connection" in names:
         return None
     removed = _LINES_DROP if relay_set_cookie else _LINES_DROP_COOKIES
-    return [line for name, line in zip(names, lines, strict=True) if name not in removed]
+    # by index, not zip(): compiled, enumerate over a list is a plain loop, zip a generic iterator
+    return [lines[i] for i, name in enumerate(names) if name not in removed]
 
 
 def route_allowlist(forward_headers: Iterable[str], strip: Iterable[str]) -> frozenset[str]:

@@ -231,7 +231,9 @@ def parse_response_head(block: bytes) -> ResponseHead:
         if lower in _FRAMING_FIELDS:
             framing.append((lower, value.strip(" \t")))
     status = int(code)
-    return ResponseHead(status, rest[1:], lines, names, *_frame(status, framing, status_line[7] == "1"))
+    # not *_frame(...): compiled, a call with * is a generic one
+    kind, length, keep_alive, content_type = _frame(status, framing, status_line[7] == "1")
+    return ResponseHead(status, rest[1:], lines, names, kind, length, keep_alive, content_type)
 
 
 def _response_name(name: str, sep: str) -> str:
@@ -428,7 +430,9 @@ class ChunkDecoder(ChunkScanner):
 
 def encode_lines(start_line: str, lines: list[str]) -> bytes:
     """A message head on the wire from its field lines ("Name: value", already checked)."""
-    return "\r\n".join([start_line, *lines, "", ""]).encode("latin-1")
+    if not lines:
+        return (start_line + "\r\n\r\n").encode("latin-1")
+    return (start_line + "\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def safe_value(value: str) -> bool:
