@@ -77,8 +77,20 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
     SHA-256 (:meth:`Secret.digest`, which the log fingerprint reuses); the settings' part of the
     input is prepared once (the lookup runs on every request of an exchange route)."""
     prefix = _KEY_DOMAIN + _part(settings)
+    #: The keys of subjects without an actor, by the subject's digest: a caller's token comes
+    #: back request after request. Bounded (emptied when full); it holds digests, no token.
+    known: dict[bytes, bytes] = {}
 
     def key(subject: Secret | None, actor: Secret | None) -> bytes:
+        if subject is not None and actor is None:
+            digest = subject.digest()
+            found = known.get(digest)
+            if found is None:
+                found = hashlib.sha256(prefix + _DIGEST + digest + _ABSENT).digest()
+                if len(known) >= _MAX_KNOWN:
+                    known.clear()
+                known[digest] = found
+            return found
         return hashlib.sha256(
             prefix
             + (_ABSENT if subject is None else _DIGEST + subject.digest())
@@ -86,6 +98,9 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
         ).digest()
 
     return key
+
+
+_MAX_KNOWN: Final = 4096
 
 
 #: A part of the key: a tag, the length of what follows, then that. Tokens enter as their 32-byte

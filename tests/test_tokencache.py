@@ -75,6 +75,20 @@ def test_keys_are_digests_of_all_inputs() -> None:
         assert len(key) == 32 and b"alice" not in key
 
 
+def test_remembered_keys_are_the_keys() -> None:
+    """The hasher remembers the keys of subjects without an actor (bounded); what it answers
+    from memory is what it computes, before and after its memory fills up."""
+    from mcpproxy import tokencache
+
+    digest = settings_digest(settings())
+    remembering, fresh = key_hasher(digest), key_hasher(digest)
+    subjects = [f"user-{i}-token" for i in range(tokencache._MAX_KNOWN + 50)]
+    first = [remembering(Secret(s), None) for s in subjects]
+    assert first == [fresh(Secret(s), None) for s in subjects]  # a new hasher: nothing remembered
+    assert [remembering(Secret(s), None) for s in subjects[::-1]] == first[::-1]
+    assert remembering(Secret(subjects[0]), Secret("actor")) != first[0]
+
+
 def test_settings_digest_uses_secret_fingerprints_only() -> None:
     a = settings()
     b = settings(client=ClientSettings("mcp-proxy", "client_secret_basic", Secret("rotated")))
