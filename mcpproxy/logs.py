@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, MutableMapping
 from json import encoder as json_encoder
-from typing import Any, Final, NamedTuple, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 
@@ -58,25 +58,84 @@ _ACCESS: Final = _AccessSink()
 _MAX_PENDING: Final = 256
 
 
-class AccessEntry(NamedTuple):
-    """The fields of one access line, in the line's order; the optional ones are left out when
-    None (or empty). ``mcp_method`` is written as ``null`` when None."""
+class AccessEntry:
+    """The fields of one access line, in the line's order (:data:`ACCESS_FIELDS`); the optional
+    ones are left out when None (or empty). ``mcp_method`` is written as ``null`` when None.
 
-    route: str
-    method: str
-    path: str
-    mcp_method: str | None
-    status: int
-    bytes: int
-    duration_ms: float
-    request_id: str
-    via: str
-    upstream_ms: float | None = None
-    credential_source: str | None = None
-    subject_fingerprint: str | None = None
-    sub: str | None = None
-    error: str | None = None
-    detail: str | None = None
+    A class with slots, not a named tuple: compiled (:mod:`mcpproxy.native`), a named tuple's
+    constructor stays interpreted Python, and one is built for every request."""
+
+    __slots__ = (
+        "bytes",
+        "credential_source",
+        "detail",
+        "duration_ms",
+        "error",
+        "mcp_method",
+        "method",
+        "path",
+        "request_id",
+        "route",
+        "status",
+        "sub",
+        "subject_fingerprint",
+        "upstream_ms",
+        "via",
+    )
+
+    def __init__(
+        self,
+        route: str,
+        method: str,
+        path: str,
+        mcp_method: str | None,
+        status: int,
+        bytes: int,
+        duration_ms: float,
+        request_id: str,
+        via: str,
+        upstream_ms: float | None = None,
+        credential_source: str | None = None,
+        subject_fingerprint: str | None = None,
+        sub: str | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.route = route
+        self.method = method
+        self.path = path
+        self.mcp_method = mcp_method
+        self.status = status
+        self.bytes = bytes
+        self.duration_ms = duration_ms
+        self.request_id = request_id
+        self.via = via
+        self.upstream_ms = upstream_ms
+        self.credential_source = credential_source
+        self.subject_fingerprint = subject_fingerprint
+        self.sub = sub
+        self.error = error
+        self.detail = detail
+
+
+#: The access line's fields, in its order (before ``event``, ``level`` and ``timestamp``).
+ACCESS_FIELDS: Final = (
+    "route",
+    "method",
+    "path",
+    "mcp_method",
+    "status",
+    "bytes",
+    "duration_ms",
+    "request_id",
+    "via",
+    "upstream_ms",
+    "credential_source",
+    "subject_fingerprint",
+    "sub",
+    "error",
+    "detail",
+)
 
 
 #: JSON string literal of a str (``TypeError`` for anything else: a Secret cannot be written).
@@ -95,26 +154,27 @@ def encode_access(entry: AccessEntry, timestamp: str) -> str:
     with float formats still twice as much, on the one log line every request writes
     (bench/PROFILE.md)."""
     mcp_method = entry.mcp_method
-    line = (
+    parts = [
         f'{{"route":{_quoted(entry.route)},"method":{_quoted(entry.method)},'
         f'"path":{_quoted(entry.path)},'
         f'"mcp_method":{"null" if mcp_method is None else _quoted(mcp_method)},'
         f'"status":{entry.status},"bytes":{entry.bytes},"duration_ms":{_millis(entry.duration_ms)},'
         f'"request_id":{_json_str(entry.request_id)},"via":{_quoted(entry.via)}'
-    )
+    ]
     if entry.upstream_ms is not None:
-        line += ',"upstream_ms":' + _millis(entry.upstream_ms)
+        parts.append(',"upstream_ms":' + _millis(entry.upstream_ms))
     if entry.credential_source:
-        line += ',"credential_source":' + _quoted(entry.credential_source)
+        parts.append(',"credential_source":' + _quoted(entry.credential_source))
     if entry.subject_fingerprint:
-        line += ',"subject_fingerprint":' + _json_str(entry.subject_fingerprint)
+        parts.append(',"subject_fingerprint":' + _json_str(entry.subject_fingerprint))
     if entry.sub:
-        line += ',"sub":' + _json_str(entry.sub)
+        parts.append(',"sub":' + _json_str(entry.sub))
     if entry.error:
-        line += ',"error":' + _quoted(entry.error)
+        parts.append(',"error":' + _quoted(entry.error))
     if entry.detail:
-        line += ',"detail":' + _json_str(entry.detail)
-    return line + ',"event":"request","level":"info","timestamp":"' + timestamp + '"}\n'
+        parts.append(',"detail":' + _json_str(entry.detail))
+    parts.append(f',"event":"request","level":"info","timestamp":"{timestamp}"}}\n')
+    return "".join(parts)
 
 
 def _quoted(text: str) -> str:
@@ -134,7 +194,7 @@ def _millis(value: float) -> str:
     digits = str(int(value * 1000 + 0.5))
     if len(digits) < 4:
         digits = ("000" + digits)[-4:]
-    return digits[:-3] + "." + digits[-3:]
+    return f"{digits[:-3]}.{digits[-3:]}"
 
 
 def access(entry: AccessEntry) -> None:
@@ -167,7 +227,7 @@ def _timestamp() -> str:
     whole = int(now)
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return _second[1] + "." + str(1_000_000 + int((now - whole) * 1_000_000))[1:] + "Z"
+    return f"{_second[1]}.{str(1_000_000 + int((now - whole) * 1_000_000))[1:]}Z"
 
 
 def flush() -> None:

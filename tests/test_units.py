@@ -9,6 +9,7 @@ import pickle
 import re
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -25,7 +26,7 @@ from mcpproxy.headers import (
     upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
-from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
+from mcpproxy.logs import ACCESS_FIELDS, AccessEntry, _millis, _timestamp, encode_access
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -242,34 +243,45 @@ def test_strict_parsing_agrees_with_json_loads_and_its_hook(raw: bytes) -> None:
     _assert_same(_outcome(strict, raw), expected)
 
 
-_ENTRY = AccessEntry("orch", "POST", "/orch/mcp", "tools/call", 200, 224, 1.23456, "rid-1", "relay")
+_ENTRY: dict[str, object] = {
+    "route": "orch",
+    "method": "POST",
+    "path": "/orch/mcp",
+    "mcp_method": "tools/call",
+    "status": 200,
+    "bytes": 224,
+    "duration_ms": 1.23456,
+    "request_id": "rid-1",
+    "via": "relay",
+}
 
 
 @pytest.mark.parametrize(
-    "entry",
+    "fields",
     [
         _ENTRY,
-        _ENTRY._replace(mcp_method=None, upstream_ms=0.5, credential_source="fallback"),
-        _ENTRY._replace(
-            path='/orch/"mcp"\\\n\u00e9\u2028',
-            credential_source="authorization",
-            subject_fingerprint="0123456789ab",
-            sub='al"ice\r\n\t\x00',
-            error="upstream_stream_failed",
-            detail="ClientPayloadError",
-        ),
-        _ENTRY._replace(error="", detail=None),
+        _ENTRY | {"mcp_method": None, "upstream_ms": 0.5, "credential_source": "fallback"},
+        _ENTRY
+        | {
+            "path": '/orch/"mcp"\\\n\u00e9\u2028',
+            "credential_source": "authorization",
+            "subject_fingerprint": "0123456789ab",
+            "sub": 'al"ice\r\n\t\x00',
+            "error": "upstream_stream_failed",
+            "detail": "ClientPayloadError",
+        },
+        _ENTRY | {"error": "", "detail": None},
     ],
 )
-def test_access_line_is_one_json_object_of_its_fields(entry: AccessEntry) -> None:
-    line = encode_access(entry, "2026-11-22T10:00:00.000001Z")
+def test_access_line_is_one_json_object_of_its_fields(fields: dict[str, Any]) -> None:
+    line = encode_access(AccessEntry(**fields), "2026-11-22T10:00:00.000001Z")
     assert line.endswith("}\n") and line.count("\n") == 1 and line.isascii()
     expected: dict[str, object] = {
-        key: value for key, value in entry._asdict().items() if value or key in _ACCESS_ALWAYS
+        key: fields[key] for key in ACCESS_FIELDS if fields.get(key) or key in _ACCESS_ALWAYS
     }
-    expected["duration_ms"] = round(entry.duration_ms, 3)
-    if entry.upstream_ms is not None:
-        expected["upstream_ms"] = round(entry.upstream_ms, 3)
+    expected["duration_ms"] = round(fields["duration_ms"], 3)
+    if fields.get("upstream_ms") is not None:
+        expected["upstream_ms"] = round(fields["upstream_ms"], 3)
     expected |= {"event": "request", "level": "info", "timestamp": "2026-11-22T10:00:00.000001Z"}
     decoded = json.loads(line)
     assert decoded == expected
@@ -322,7 +334,7 @@ def test_request_ids_are_16_hex_digits_a_prefix_and_a_counter(monkeypatch: pytes
 
 def test_access_line_cannot_carry_a_secret() -> None:
     with pytest.raises(TypeError):
-        encode_access(_ENTRY._replace(sub=Secret("planted-token-123456")), "t")  # type: ignore[arg-type]
+        encode_access(AccessEntry(**(_ENTRY | {"sub": Secret("planted-token-123456")})), "t")
 
 
 _RESPONSE_NAMES = [

@@ -64,8 +64,8 @@ async def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -
     batch = WriteBatch(asyncio.get_running_loop())
     async with connections(2) as (reader, (a, b)):
         for i in range(3):
-            batch.write(a, b"a%d" % i)
-            batch.write(b, b"b%d" % i)
+            batch.write(Outlet(a), b"a%d" % i)
+            batch.write(Outlet(b), b"b%d" % i)
         await asyncio.sleep(0)  # the loop runs the flush it scheduled itself
         a.close()
         b.close()
@@ -76,7 +76,7 @@ async def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -
 async def test_flush_before_close_loses_nothing() -> None:
     batch = WriteBatch(asyncio.get_running_loop())
     async with connections(1) as (reader, (a,)):
-        batch.write(a, b"the answer")
+        batch.write(Outlet(a), b"the answer")
         batch.flush()
         a.close()
         await until(lambda: reader.closed)
@@ -86,8 +86,8 @@ async def test_flush_before_close_loses_nothing() -> None:
 async def test_a_transport_closed_meanwhile_gets_nothing_and_the_others_still_do() -> None:
     batch = WriteBatch(asyncio.get_running_loop())
     async with connections(2) as (reader, (gone, alive)):
-        batch.write(gone, b"lost")
-        batch.write(alive, b"kept")
+        batch.write(Outlet(gone), b"lost")
+        batch.write(Outlet(alive), b"kept")
         gone.abort()  # the peer went away before the end of the iteration
         batch.flush()
         alive.close()
@@ -100,8 +100,8 @@ async def test_nothing_is_written_before_the_iteration_ends() -> None:
     batch = WriteBatch(loop)
     transport = Recording()  # a real socket cannot show that nothing was sent yet
     written = transport.written
-    batch.write(transport, b"1")
-    batch.write(transport, b"2")
+    batch.write(Outlet(transport), b"1")
+    batch.write(Outlet(transport), b"2")
     assert written == []  # queued, not sent
     await asyncio.sleep(0)
     assert written == [b"1", b"2"]
@@ -113,16 +113,16 @@ async def test_a_large_write_goes_out_at_once_after_what_was_queued() -> None:
     batch = WriteBatch(loop)
     transport = Recording()
     written = transport.written
-    batch.write(transport, b"head")
+    batch.write(Outlet(transport), b"head")
     large = b"x" * LARGE_WRITE
-    batch.write(transport, large)
+    batch.write(Outlet(transport), large)
     assert written == [b"head", large]  # at once, and in order
     small = b"y" * 1000
     fit = MAX_QUEUED // len(small)
     for _ in range(fit):
-        batch.write(transport, small)
+        batch.write(Outlet(transport), small)
     assert len(written) == 2  # all of these fit in the batch: they wait
-    batch.write(transport, small)
+    batch.write(Outlet(transport), small)
     assert len(written) == 2 + fit + 1  # one more would pass the bound: all go out now
     assert b"".join(written) == b"head" + large + small * (fit + 1)
 
@@ -131,8 +131,8 @@ async def test_a_streamed_event_goes_out_at_once_after_what_was_queued() -> None
     loop = asyncio.get_running_loop()
     batch = WriteBatch(loop)
     head, other = Recording(), Recording()
-    batch.write(head, b"HTTP/1.1 200 OK\r\n\r\n")  # the answer's head, queued this iteration
-    batch.write(other, b"another answer")
+    batch.write(Outlet(head), b"HTTP/1.1 200 OK\r\n\r\n")  # the answer's head, queued this iteration
+    batch.write(Outlet(other), b"another answer")
     batch.write_now(Outlet(head), b"data: 1\n\n")
     assert head.written == [b"HTTP/1.1 200 OK\r\n\r\n", b"data: 1\n\n"]  # at once, head first
     assert other.written == [b"another answer"]  # the queue went out before it, whole

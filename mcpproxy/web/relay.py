@@ -485,8 +485,8 @@ class CallerConnection(asyncio.Protocol):
         return encode_lines(f"HTTP/1.1 {status} {reason}", lines)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self._relay.writes.write(self.transport, data)
+        if self._outlet is not None:
+            self._relay.writes.write(self._outlet, data)
 
     def write_now(self, data: bytes) -> None:
         if self._outlet is not None:

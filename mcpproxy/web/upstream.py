@@ -25,7 +25,7 @@ from mcpproxy.http1 import (
     parse_response_head,
 )
 from mcpproxy.web.watchdog import Watchdog
-from mcpproxy.web.writes import WriteBatch
+from mcpproxy.web.writes import Outlet, WriteBatch
 
 #: Idle upstream connections kept per route, and for how long.
 MAX_IDLE: Final = 64
@@ -142,6 +142,8 @@ class UpstreamConnection(asyncio.Protocol):
         #: The loop's clock, looked up once: it is read for every chunk received.
         self._clock: Callable[[], float] = loop.time
         self.transport: asyncio.Transport | None = None
+        #: The transport's write (set and cleared with ``transport``; see writes.Outlet).
+        self._outlet: Outlet | None = None
         self._sink: ResponseSink | None = None
         self._buffer = b""
         self._framing: Framing | None = None  # None: waiting for the response head
@@ -158,18 +160,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing() and self._sink is None
+        return self._outlet is not None and not self._outlet.is_closing() and self._sink is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        self._outlet = Outlet(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._watchdog.cancel()
         self._pool.forget(self)
         sink, self._sink = self._sink, None
-        if self.transport is not None:
-            self.transport = None
+        self.transport = None
+        self._outlet = None
         if sink is None:
             return
         if self._framing is Framing.CLOSE:
@@ -201,14 +204,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(self, request: bytes, sink: ResponseSink, writes: WriteBatch) -> None:
         """Send ``request`` (head and body, through ``writes``) and relay its response to ``sink``."""
-        assert self.transport is not None
+        outlet = self._outlet
+        assert outlet is not None
         self._sink = sink
         self._buffer = b""
         self._framing = None
         self._last_read = self._clock()
         self._watchdog.within(self._pool.idle_timeout)
         self.resume()
-        writes.write(self.transport, request)
+        writes.write(outlet, request)
 
     def pause(self) -> None:
         if self.transport is not None and not self._paused:

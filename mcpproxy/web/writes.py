@@ -49,23 +49,25 @@ class Outlet:
 class WriteBatch:
     """Small writes queued during one event-loop iteration, flushed by a callback at its end."""
 
-    __slots__ = ("_loop", "_pending", "_queued")
+    __slots__ = ("_call_soon", "_flush", "_pending", "_queued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._pending: list[tuple[asyncio.Transport, bytes]] = []
+        # bound once, as in Outlet: these run for every request
+        self._call_soon: Callable[[Callable[[], None]], object] = loop.call_soon
+        self._flush: Callable[[], None] = self.flush
+        self._pending: list[tuple[Outlet, bytes]] = []
         self._queued = 0
 
-    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+    def write(self, outlet: Outlet, data: bytes) -> None:
         size = len(data)
         if size >= LARGE_WRITE or self._queued + size > MAX_QUEUED:
             self.flush()
-            if not transport.is_closing():
-                transport.write(data)  # its flow control (pause_writing) applies at once
+            if not outlet.is_closing():
+                outlet.write(data)  # its flow control (pause_writing) applies at once
             return
         if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append((transport, data))
+            self._call_soon(self._flush)
+        self._pending.append((outlet, data))
         self._queued += size
 
     def write_now(self, outlet: Outlet, data: bytes) -> None:
@@ -82,6 +84,6 @@ class WriteBatch:
             return
         self._pending = []
         self._queued = 0
-        for transport, data in pending:
-            if not transport.is_closing():
-                transport.write(data)
+        for outlet, data in pending:
+            if not outlet.is_closing():
+                outlet.write(data)
