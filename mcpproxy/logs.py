@@ -59,8 +59,8 @@ _MAX_PENDING: Final = 256
 
 
 class AccessEntry:
-    """The fields of one access line, in the line's order (:data:`ACCESS_FIELDS`); the optional
-    ones are left out when None (or empty). ``mcp_method`` is written as ``null`` when None.
+    """The fields of one access line, in the line's order (the parameters'); the optional ones
+    are left out when None (or empty). ``mcp_method`` is written as ``null`` when None.
 
     A class with slots, not a named tuple: compiled (:mod:`mcpproxy.native`), a named tuple's
     constructor stays interpreted Python, and one is built for every request."""
@@ -116,26 +116,6 @@ class AccessEntry:
         self.sub = sub
         self.error = error
         self.detail = detail
-
-
-#: The access line's fields, in its order (before ``event``, ``level`` and ``timestamp``).
-ACCESS_FIELDS: Final = (
-    "route",
-    "method",
-    "path",
-    "mcp_method",
-    "status",
-    "bytes",
-    "duration_ms",
-    "request_id",
-    "via",
-    "upstream_ms",
-    "credential_source",
-    "subject_fingerprint",
-    "sub",
-    "error",
-    "detail",
-)
 
 
 #: JSON string literal of a str (``TypeError`` for anything else: a Secret cannot be written).

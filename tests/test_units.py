@@ -26,7 +26,7 @@ from mcpproxy.headers import (
     upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
-from mcpproxy.logs import ACCESS_FIELDS, AccessEntry, _millis, _timestamp, encode_access
+from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
 from mcpproxy.metrics import Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -277,7 +277,7 @@ def test_access_line_is_one_json_object_of_its_fields(fields: dict[str, Any]) ->
     line = encode_access(AccessEntry(**fields), "2026-11-22T10:00:00.000001Z")
     assert line.endswith("}\n") and line.count("\n") == 1 and line.isascii()
     expected: dict[str, object] = {
-        key: fields[key] for key in ACCESS_FIELDS if fields.get(key) or key in _ACCESS_ALWAYS
+        key: fields[key] for key in _ACCESS_ORDER if fields.get(key) or key in _ACCESS_ALWAYS
     }
     expected["duration_ms"] = round(fields["duration_ms"], 3)
     if fields.get("upstream_ms") is not None:
@@ -288,17 +288,13 @@ def test_access_line_is_one_json_object_of_its_fields(fields: dict[str, Any]) ->
     assert list(decoded) == list(expected)  # the fields in the entry's order, the event's last
 
 
-_ACCESS_ALWAYS = {
-    "route",
-    "method",
-    "path",
-    "mcp_method",
-    "status",
-    "bytes",
-    "duration_ms",
-    "request_id",
-    "via",
-}
+#: The access line's fields, in the order it writes them (``event``, ``level`` and ``timestamp``
+#: follow), and those it always writes.
+_ACCESS_ORDER = (
+    *("route", "method", "path", "mcp_method", "status", "bytes", "duration_ms", "request_id", "via"),
+    *("upstream_ms", "credential_source", "subject_fingerprint", "sub", "error", "detail"),
+)
+_ACCESS_ALWAYS = set(_ACCESS_ORDER[:9])
 
 
 @given(st.floats(min_value=0, max_value=1e8, allow_nan=False))
