@@ -1,4 +1,5 @@
-"""A bounded in-process cache whose entries expire each at its own time.
+"""A bounded in-process cache whose entries expire each at its own time, and the bounded memos
+of values derived on the request path (:func:`remember`).
 
 Both caches on the request path — exchanged tokens (:mod:`mcpproxy.tokencache`) and verified
 caller tokens (:mod:`mcpproxy.inbound.verify`) — are looked up on every request of their routes.
@@ -57,3 +58,15 @@ class ExpiringLRU(Generic[K, V]):
 
     def clear(self) -> None:
         self._data.clear()
+
+
+def remember(memo: dict[K, V], key: K, value: V, limit: int) -> V:
+    """Put ``value`` into ``memo`` under ``key`` and return it; a memo already holding ``limit``
+    entries is emptied first. For values that are cheap to derive again (a JSON literal, a
+    fingerprint, a cache key) but derived on every request: keeping them in an LRU would cost
+    more than deriving one again, and emptying, unlike refusing new entries once full, keeps
+    the memo useful as tokens and paths change."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value

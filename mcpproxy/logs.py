@@ -24,6 +24,7 @@ from typing import Any, Final, TextIO
 
 import structlog
 
+from mcpproxy.expiring import remember
 from mcpproxy.secrets import Secret
 
 _SENSITIVE_KEY = re.compile(
@@ -159,11 +160,7 @@ def encode_access(entry: AccessEntry, timestamp: str) -> str:
 
 def _quoted(text: str) -> str:
     quoted = _QUOTED.get(text)
-    if quoted is None:
-        quoted = _json_str(text)
-        if len(_QUOTED) < _MAX_QUOTED:
-            _QUOTED[text] = quoted
-    return quoted
+    return quoted if quoted is not None else remember(_QUOTED, text, _json_str(text), _MAX_QUOTED)
 
 
 def _millis(value: float) -> str:

@@ -6,6 +6,8 @@ import hashlib
 import hmac
 from typing import Final
 
+from mcpproxy.expiring import remember
+
 _FINGERPRINT_DOMAIN: Final = b"mcpproxy-fingerprint-v2\0"
 
 
@@ -78,8 +80,6 @@ def _tag(digest: bytes) -> str:
     tokens apart, useless to an attacker, and unrelated to the token cache's keys (another domain)."""
     tag = _TAGS.get(digest)
     if tag is None:
-        tag = hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]
-        if len(_TAGS) >= _MAX_TAGS:
-            _TAGS.clear()
-        _TAGS[digest] = tag
+        fresh = hashlib.sha256(_FINGERPRINT_DOMAIN + digest).hexdigest()[:12]
+        tag = remember(_TAGS, digest, fresh, _MAX_TAGS)
     return tag

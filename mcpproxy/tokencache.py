@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from mcpproxy.errors import ProxyError
-from mcpproxy.expiring import ExpiringLRU
+from mcpproxy.expiring import ExpiringLRU, remember
 from mcpproxy.secrets import Secret
 
 _KEY_DOMAIN: Final = b"mcpproxy-token-cache-v2\0"
@@ -81,21 +81,19 @@ def key_hasher(settings: bytes) -> Callable[[Secret | None, Secret | None], byte
     #: back request after request. Bounded (emptied when full); it holds digests, no token.
     known: dict[bytes, bytes] = {}
 
-    def key(subject: Secret | None, actor: Secret | None) -> bytes:
-        if subject is not None and actor is None:
-            digest = subject.digest()
-            found = known.get(digest)
-            if found is None:
-                found = hashlib.sha256(prefix + _DIGEST + digest + _ABSENT).digest()
-                if len(known) >= _MAX_KNOWN:
-                    known.clear()
-                known[digest] = found
-            return found
+    def derive(subject: Secret | None, actor: Secret | None) -> bytes:
         return hashlib.sha256(
             prefix
             + (_ABSENT if subject is None else _DIGEST + subject.digest())
             + (_ABSENT if actor is None else _DIGEST + actor.digest())
         ).digest()
+
+    def key(subject: Secret | None, actor: Secret | None) -> bytes:
+        if subject is None or actor is not None:
+            return derive(subject, actor)
+        digest = subject.digest()
+        found = known.get(digest)
+        return found if found is not None else remember(known, digest, derive(subject, None), _MAX_KNOWN)
 
     return key
 

@@ -99,6 +99,16 @@ def test_secret_never_renders() -> None:
         pickle.dumps(secret)
 
 
+def test_remember_empties_a_full_memo_first() -> None:
+    from mcpproxy.expiring import remember
+
+    memo: dict[int, str] = {}
+    assert [remember(memo, i, str(i), 3) for i in range(3)] == ["0", "1", "2"]
+    assert memo == {0: "0", 1: "1", 2: "2"}
+    assert remember(memo, 3, "3", 3) == "3"
+    assert memo == {3: "3"}
+
+
 def test_fingerprints_are_remembered_boundedly_and_stay_right() -> None:
     from mcpproxy import secrets
 
