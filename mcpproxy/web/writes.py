@@ -45,6 +45,12 @@ class Outlet:
         self.write: Callable[[bytes], object] = transport.write
         self.is_closing: Callable[[], bool] = transport.is_closing
 
+    def send(self, data: bytes) -> None:
+        """Write ``data`` unless the transport is closing (the peer went away, or it was closed
+        after what was written before): nothing more goes to it then."""
+        if not self.is_closing():
+            self.write(data)
+
 
 class WriteBatch:
     """Small writes queued during one event-loop iteration, flushed by a callback at its end."""
@@ -62,8 +68,7 @@ class WriteBatch:
         size = len(data)
         if size >= LARGE_WRITE or self._queued + size > MAX_QUEUED:
             self.flush()
-            if not outlet.is_closing():
-                outlet.write(data)  # its flow control (pause_writing) applies at once
+            outlet.send(data)  # its flow control (pause_writing) applies at once
             return
         if not self._pending:
             self._call_soon(self._flush)
@@ -74,8 +79,7 @@ class WriteBatch:
         """Send ``data`` at once, after what is queued (so the order of writes is kept)."""
         if self._pending:
             self.flush()
-        if not outlet.is_closing():
-            outlet.write(data)
+        outlet.send(data)
 
     def flush(self) -> None:
         """Send everything queued so far (also called before a transport is closed)."""
@@ -85,5 +89,4 @@ class WriteBatch:
         self._pending = []
         self._queued = 0
         for outlet, data in pending:
-            if not outlet.is_closing():
-                outlet.write(data)
+            outlet.send(data)
