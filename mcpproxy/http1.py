@@ -342,7 +342,7 @@ class ChunkScanner:
                 pos = stop + 2 if start > 0 else self._line_step(data, pos)
             elif self._state == 1:
                 take = self._remaining
-                if take + 2 <= end - pos and data[pos + take : pos + take + 2] == b"\r\n":
+                if _crlf_at(data, pos + take):
                     pos += take + 2  # the rest of the chunk and its CRLF are here: one step
                     self._state = 0
                     continue
