@@ -1252,10 +1252,11 @@ async def test_slow_caller_gets_the_whole_answer(upstream: RawUpstream, proxy_fa
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["relay", "aiohttp"])
 async def test_caller_gone_mid_stream_closes_the_upstream(
-    upstream: RawUpstream, proxy_factory: ProxyFactory
+    fast_path: bool, upstream: RawUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await raw_proxy(proxy_factory, upstream)
+    proxy = await raw_proxy(proxy_factory, upstream, fast_path=fast_path)
     rid = new_rid()
     conn = await Caller.open(port_of(proxy))
     await conn.send(post("/raw/stream", rpc("tools/call", {"name": "s"}, 71), rid))
@@ -1270,7 +1271,16 @@ async def test_caller_gone_mid_stream_closes_the_upstream(
     assert await until(stream_conn.closed.is_set, timeout=3), "the proxy kept the upstream stream open"
     assert stream_conn.closed_at - gone_at < 3
     line = await access_line(rid)
-    assert (line["via"], line["status"], line["error"]) == ("relay", 499, "client_disconnected")
+    # The caller was sent a 200 and left mid-stream (as MCP clients do once their response is
+    # in): the line keeps the 200 and says who ended it. Not an upstream failure.
+    # Regression (fixed): both paths logged 499, so the official MCP client's calls over SSE were
+    # logged and audited 499 whenever its close beat the stream's end (tests/test_audit.py
+    # flaked on it in CI). On aiohttp's path, a write to the gone caller that fails before the
+    # handler is cancelled raises ClientConnectionResetError, an aiohttp.ClientError, which
+    # _pump took for an upstream failure; it now checks the caller's transport first.
+    expected_via = "relay" if fast_path else "aiohttp"
+    assert (line["via"], line["status"], line["error"]) == (expected_via, 200, "client_disconnected")
+    assert 'kind="stream"' not in proxy.metrics.render()
     runtime = proxy.app[LIVE].state.handler.runtimes["raw"]
     assert runtime.in_flight == 0
     assert 'mcpproxy_open_streams{route="raw"} 0' in proxy.metrics.render()
@@ -1278,6 +1288,23 @@ async def test_caller_gone_mid_stream_closes_the_upstream(
         answer = await other.exchange(post("/raw/json", rpc("ping", {}, 72)))
     assert answer.status == 200 and answer.json()["id"] == 72
     assert len(upstream.conns) == 2  # the aborted stream's connection was not pooled
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["relay", "aiohttp"])
+async def test_caller_gone_before_the_answer_is_499(
+    fast_path: bool, upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await raw_proxy(proxy_factory, upstream, fast_path=fast_path)
+    rid = new_rid()
+    conn = await Caller.open(port_of(proxy))
+    await conn.send(post("/raw/silent", rpc("tools/call", {"name": "s"}, 73), rid))
+    assert await until(lambda: len(upstream.seen) == 1, timeout=3)
+    conn.writer.transport.abort()
+    line = await access_line(rid)
+    expected_via = "relay" if fast_path else "aiohttp"
+    assert (line["via"], line["status"], line["error"]) == (expected_via, 499, "client_disconnected")
+    assert 'status="499"' in proxy.metrics.render()
+    assert await until(lambda: upstream.conns[0].closed.is_set(), timeout=3)  # not left waiting
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class Outcome:
         "detail",
         "error",
         "fallback",
+        "head_sent",
         "identity",
         "mcp_method",
         "route",
@@ -222,6 +223,18 @@ class Outcome:
         self.fallback = False
         #: Which server layer answered: "relay" (mcpproxy.web.relay) or "aiohttp".
         self.via = via
+        #: The answer's status line has gone to the caller.
+        self.head_sent = False
+
+    def caller_left(self) -> None:
+        """The caller went away before its answer was done. As in nginx, the status stays the
+        one the caller was sent; 499 says the caller left before any status went out. (MCP
+        clients close a POST's event stream as soon as its JSON-RPC response is in, often before
+        the stream's end arrives: that call was answered, and is logged and audited as such.)"""
+        if self.error is None:
+            self.error = "client_disconnected"
+            if not self.head_sent:
+                self.status = 499
 
 
 class ProxyHandler:
@@ -278,7 +291,7 @@ class ProxyHandler:
             self.rejected(exc, outcome)
             return self.error_response(exc, incoming, runtime, request_id, body or await _peek_body(request))
         except asyncio.CancelledError:
-            outcome.status, outcome.error = 499, "client_disconnected"
+            outcome.caller_left()
             raise
         finally:
             self.record(incoming, outcome, request_id, started)
@@ -506,6 +519,7 @@ class ProxyHandler:
             if not is_sse and length is not None:
                 response.content_length = length
             await response.prepare(request)
+            outcome.status, outcome.head_sent = upstream.status, True
             rewriter = _Stages.of(
                 endpoint_rewriter(route) if is_sse and request.method == "GET" else None,
                 list_filter.sse() if is_sse and list_filter is not None else None,
@@ -543,6 +557,11 @@ class ProxyHandler:
                 await response.write(tail)
             await response.write_eof()
         except (TimeoutError, aiohttp.ClientError, EndpointRejected) as exc:
+            if request.transport is None or request.transport.is_closing():
+                # a write to a caller that went away (aiohttp raises ClientConnectionResetError,
+                # a ClientError): the caller's doing, not the upstream's
+                outcome.caller_left()
+                return
             # Headers are gone already: the only honest signal left is a cut connection.
             outcome.error = "upstream_stream_failed"
             outcome.detail = type(exc).__name__

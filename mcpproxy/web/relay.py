@@ -461,9 +461,8 @@ class CallerConnection(asyncio.Protocol):
 
     def _gone(self, request: _Request) -> None:
         """The caller went away before its answer was done."""
-        outcome = request.outcome
-        if not request.finished and outcome.error is None:
-            outcome.status, outcome.error = 499, "client_disconnected"
+        if not request.finished:
+            request.outcome.caller_left()
         self.complete(request, False)
 
     def _write_error(self, exc: ProxyError, request: _Request) -> None:
@@ -583,7 +582,6 @@ class _Exchange(ResponseSink):
         "_request",
         "_retry",
         "_rewriter",
-        "_started",
         "sent",
     )
 
@@ -594,7 +592,6 @@ class _Exchange(ResponseSink):
         self._request = request
         self._conn = conn
         self._retry = retry
-        self._started = False
         self._chunked_out = False
         self._is_sse = False
         #: A small answer of known length, held until whole: one write, and a 502 (not a cut
@@ -634,7 +631,7 @@ class _Exchange(ResponseSink):
         if head.framing is Framing.LENGTH and head.length <= SMALL_BODY and not self._is_sse:
             self._held = [encoded]
             return
-        self._started = True
+        outcome.head_sent = True
         self._caller.write(encoded)
         if self._caller.write_paused:
             self._conn.pause()
@@ -679,7 +676,7 @@ class _Exchange(ResponseSink):
 
     def fail(self, exc: Exception) -> None:
         request = self._request
-        if not self._started:
+        if not request.outcome.head_sent:
             if isinstance(exc, UpstreamTimeout):
                 error = upstream_error(504, "timeout", "upstream timed out", exc)
             else:
