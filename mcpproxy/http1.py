@@ -21,6 +21,7 @@ from typing import Final
 
 from multidict import CIMultiDict
 
+from mcpproxy.expiring import remember
 from mcpproxy.headers import (
     CONNECTION,
     CONTENT_LENGTH,
@@ -32,8 +33,8 @@ from mcpproxy.headers import (
 _LINE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F)])
 _NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Field names already found valid, each with its lower-case form: clients send the same dozen
-#: names on every request, and a dict lookup costs a fraction of the regex. Bounded, so odd
-#: names cannot grow it.
+#: names on every request, and a dict lookup costs a fraction of the regex. Bounded (emptied
+#: when full, :func:`mcpproxy.expiring.remember`), so odd names cannot grow it.
 _VALID_NAMES: Final[dict[str, str]] = {}
 _MAX_VALID_NAMES: Final = 256
 #: An origin-form request target of visible ASCII.
@@ -123,7 +124,7 @@ def _fields(block: bytes) -> tuple[CIMultiDict[str], list[str], list[str]] | Non
         if lower is None:
             if _NAME.fullmatch(name) is None:
                 return None
-            lower = _remember(_VALID_NAMES, name)
+            lower = remember(_VALID_NAMES, name, name.lower(), _MAX_VALID_NAMES)
         pairs.append((name, value.strip(" \t")))
         names.append(lower)
     return CIMultiDict(pairs), lines, names
@@ -241,15 +242,7 @@ def _response_name(name: str, sep: str) -> str:
     as :data:`_VALID_NAMES` does for requests)."""
     if not sep or not name or name != name.strip():
         raise ProtocolViolation("malformed header field")
-    return _remember(_RESPONSE_NAMES, name)
-
-
-def _remember(names: dict[str, str], name: str) -> str:
-    """``name`` in lower case, remembered in ``names`` (a cache of valid names) while there is room."""
-    lower = name.lower()
-    if len(names) < _MAX_VALID_NAMES:
-        names[name] = lower
-    return lower
+    return remember(_RESPONSE_NAMES, name, name.lower(), _MAX_VALID_NAMES)
 
 
 def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Framing, int, bool, str]:
