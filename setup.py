@@ -1,9 +1,10 @@
 """Builds mcpproxy; compiles its per-request modules with mypyc where it can.
 
-The metadata is in pyproject.toml. Which modules are compiled, and why, is in mcpproxy/native.py.
-Without a C compiler or Python's headers, or with MCPPROXY_PURE_PYTHON=1, nothing is compiled
-and the package is pure Python. When a compiler is there, a failed compile fails the build:
-half-built extensions would not import.
+The metadata is in pyproject.toml. Which modules are compiled, and why, is in mcpproxy/native.py,
+as are the modules written in C that are built with them. Without a C compiler or Python's
+headers, or with MCPPROXY_PURE_PYTHON=1, nothing is compiled and the package is pure Python.
+When a compiler is there, a failed compile fails the build: half-built extensions would not
+import.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 
@@ -37,7 +38,9 @@ def _extensions() -> list[Any]:
 
     paths = [name.replace(".", "/") + ".py" for name in native["COMPILED"]]
     # One shared library, named for the project (mcpproxy__mypyc), beside one stub per module.
-    return list(mypycify(paths, opt_level="3", group_name="mcpproxy"))
+    compiled = list(mypycify(paths, opt_level="3", group_name="mcpproxy"))
+    written_in_c = [Extension(name, [name.replace(".", "/") + ".c"]) for name in native["C_MODULES"]]
+    return compiled + written_in_c
 
 
 setup(ext_modules=_extensions())

@@ -21,22 +21,13 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from mcpproxy.expiring import remember
+from mcpproxy._http1 import request_fields, response_fields
 from mcpproxy.headers import (
     CONNECTION,
     CONTENT_LENGTH,
     HOST,
 )
 
-#: The bytes a header line may hold besides its CRLF: HTAB, SP and visible ASCII (checked with
-#: ``bytes.translate``, which runs at memory speed where a regex over a 1 KB JWT took ~10 µs).
-_LINE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F)])
-_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Field names already found valid, each with its lower-case form: clients send the same dozen
-#: names on every request, and a dict lookup costs a fraction of the regex. Bounded (emptied
-#: when full, :func:`mcpproxy.expiring.remember`), so odd names cannot grow it.
-_VALID_NAMES: Final[dict[str, str]] = {}
-_MAX_VALID_NAMES: Final = 256
 #: An origin-form request target of visible ASCII.
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -95,39 +86,11 @@ def parse_request_head(block: bytes) -> RequestHead | None:
         # No field at all, so no Host: refused anyway. Checked here because the slice below would
         # start past its end, which compiled (mypyc) bytes slicing turns into a SystemError.
         return None
-    fields = _fields(block[line_end + 2 : -4])
+    fields = request_fields(block[line_end + 2 : -4])
     if fields is None:
         return None
-    headers, lines, names = fields  # not *fields: compiled, a call with * is a generic one
-    return _request_head(parts[0].decode(), parts[1].decode(), headers, lines, names)
-
-
-def _fields(block: bytes) -> tuple[CIMultiDict[str], list[str], list[str]] | None:
-    """Header fields (``block`` without its last CRLF) as a multidict, their lines and their
-    lower-case names; None unless each is ``token ":" value`` of visible ASCII, SP and HTAB, and
-    every line ends with CRLF."""
-    if not block:
-        return CIMultiDict(), [], []
-    text = block.decode("latin-1")
-    lines = text.split("\r\n")
-    # What is left once the allowed bytes are removed must be exactly one CR LF per line break:
-    # no other byte, and no CR or LF that is not part of a CRLF (the split found them all).
-    if block.translate(None, _LINE_BYTES) != b"\r\n" * (len(lines) - 1):
-        return None
-    pairs = []
-    names = []
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep:
-            return None
-        lower = _VALID_NAMES.get(name)
-        if lower is None:
-            if _NAME.fullmatch(name) is None:
-                return None
-            lower = remember(_VALID_NAMES, name, name.lower(), _MAX_VALID_NAMES)
-        pairs.append((name, value.strip(" \t")))
-        names.append(lower)
-    return CIMultiDict(pairs), lines, names
+    lines, names, pairs = fields  # not *fields: compiled, a call with * is a generic one
+    return _request_head(parts[0].decode(), parts[1].decode(), CIMultiDict(pairs), lines, names)
 
 
 def _request_head(
@@ -197,8 +160,6 @@ class ResponseHead:
         return CIMultiDict((name, value.strip(" \t")) for name, _, value in pairs)
 
 
-#: Response field names already seen well formed, each with its lower-case form (bounded).
-_RESPONSE_NAMES: Final[dict[str, str]] = {}
 #: Response fields that decide framing and reuse, collected while the head is split.
 _FRAMING_FIELDS: Final = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
 _STATUS_LINE_START: Final = ("HTTP/1.1 ", "HTTP/1.0 ")
@@ -206,12 +167,12 @@ _STATUS_LINE_START: Final = ("HTTP/1.1 ", "HTTP/1.0 ")
 
 def parse_response_head(block: bytes) -> ResponseHead:
     """An upstream's response head (``block`` ends with the blank line)."""
-    text = block[:-4].decode("latin-1")
-    lines = text.split("\r\n")
-    breaks = len(lines) - 1
-    if text.count("\n") != breaks or text.count("\r") != breaks:
+    line_end = block.find(b"\r\n")
+    if line_end < 0:
+        raise ProtocolViolation("malformed status line")
+    status_line = block[:line_end].decode("latin-1")
+    if "\r" in status_line or "\n" in status_line:
         raise ProtocolViolation("malformed header field")  # a bare CR or LF
-    status_line = lines[0]
     code, rest = status_line[9:12], status_line[12:]
     if (
         status_line[:9] not in _STATUS_LINE_START
@@ -220,29 +181,19 @@ def parse_response_head(block: bytes) -> ResponseHead:
         or (rest and rest[0] != " ")
     ):
         raise ProtocolViolation("malformed status line")
-    del lines[0]
-    names = []
+    # (no slice that starts past its end: compiled (mypyc), bytes slicing makes it a SystemError)
+    fields = response_fields(block[line_end + 2 : -4]) if len(block) > line_end + 4 else ([], [], [])
+    if fields is None:
+        raise ProtocolViolation("malformed header field")
+    lines, names, values = fields
     framing = []
-    for line in lines:
-        name, sep, value = line.partition(":")
-        lower = _RESPONSE_NAMES.get(name) if sep else None
-        if lower is None:
-            lower = _response_name(name, sep)
-        names.append(lower)
-        if lower in _FRAMING_FIELDS:
-            framing.append((lower, value.strip(" \t")))
+    for i in range(len(names)):
+        if names[i] in _FRAMING_FIELDS:
+            framing.append((names[i], values[i]))
     status = int(code)
     # not *_frame(...): compiled, a call with * is a generic one
     kind, length, keep_alive, content_type = _frame(status, framing, status_line[7] == "1")
     return ResponseHead(status, rest[1:], lines, names, kind, length, keep_alive, content_type)
-
-
-def _response_name(name: str, sep: str) -> str:
-    """A response field's name in lower case, once it is known to be one (and then remembered,
-    as :data:`_VALID_NAMES` does for requests)."""
-    if not sep or not name or name != name.strip():
-        raise ProtocolViolation("malformed header field")
-    return remember(_RESPONSE_NAMES, name, name.lower(), _MAX_VALID_NAMES)
 
 
 def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Framing, int, bool, str]:

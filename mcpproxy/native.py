@@ -50,6 +50,12 @@ COMPILED: Final = (
     "mcpproxy.web.writes",
 )
 
+#: Modules written in C, built beside the compiled ones, each from a ``.c`` file that has a
+#: ``.py`` twin of the same name: the Python reference, which runs when the C is not built. Only
+#: the header field splitters (``mcpproxy/_http1.c``): mypyc would turn a byte-by-byte Python
+#: loop into a C call a byte, where this scans a field block a word at a time.
+C_MODULES: Final = ("mcpproxy._http1",)
+
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
@@ -59,9 +65,10 @@ def pure_python_requested(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def compiled_modules() -> list[str]:
-    """The modules of :data:`COMPILED` that an import here loads from a C extension."""
+    """The modules of :data:`COMPILED` and :data:`C_MODULES` that an import here loads from a C
+    extension."""
     found = []
-    for name in COMPILED:
+    for name in (*COMPILED, *C_MODULES):
         spec = importlib.util.find_spec(name)
         if spec is not None and (spec.origin or "").endswith(_EXTENSION_SUFFIXES):
             found.append(name)
@@ -70,21 +77,24 @@ def compiled_modules() -> list[str]:
 
 def describe() -> str:
     """One phrase for ``--version`` and the start-up log line."""
-    count = len(compiled_modules())
-    if count == 0:
+    found = compiled_modules()
+    if not found:
         return "pure Python"
-    return f"compiled with mypyc ({count} of {len(COMPILED)} per-request modules)"
+    count = len([name for name in found if name in COMPILED])
+    c = " and C" if set(C_MODULES) <= set(found) else ""
+    return f"compiled with mypyc ({count} of {len(COMPILED)} per-request modules){c}"
 
 
 def source_digest(root: Path) -> str:
-    """SHA-256 over ``setup.py`` and every module of the package under ``root``.
+    """SHA-256 over ``setup.py`` and every module of the package under ``root``, Python or C.
 
     An in-place build is current while this digest is the one it was built from: the bootstrap
     records it, and the test suite refuses to run extensions built from other sources (an
     extension module is imported in preference to its ``.py`` file, so an edit would go unseen).
     """
     digest = hashlib.sha256()
-    for path in [root / "setup.py", *sorted((root / "mcpproxy").rglob("*.py"))]:
+    sources = [*(root / "mcpproxy").rglob("*.py"), *(root / "mcpproxy").rglob("*.c")]
+    for path in [root / "setup.py", *sorted(sources)]:
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes() if path.exists() else b"")
     return digest.hexdigest()

@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     stamp = ROOT / ".venv" / ".package-stamp"
     built_from = stamp.read_text().split()[0] if stamp.exists() else "(unknown)"
-    if built_from != native.source_digest(ROOT) or len(compiled) != len(native.COMPILED):
+    if built_from != native.source_digest(ROOT) or len(compiled) != len(native.COMPILED) + len(native.C_MODULES):
         pytest.exit(
             "mcpproxy's compiled modules were built from other sources; run scripts/bootstrap.sh "
             "(or MCPPROXY_PURE_PYTHON=1 scripts/bootstrap.sh to drop them)",

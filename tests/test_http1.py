@@ -6,10 +6,13 @@ Tests marked ``Regression:`` pin down bugs these tests found in the first versio
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import itertools
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -295,6 +298,93 @@ def test_parse_request_head_never_raises(noise: bytes) -> None:
     block = b"POST /mcp HTTP/1.1\r\n" + noise.replace(b"\r\n\r\n", b"") + b"\r\n\r\n"
     result = parse_request_head(block)
     assert result is None or isinstance(result, RequestHead)
+
+
+# ------------------------------------------------- the field splitters: C against the Python reference
+
+#: Bytes that steer the splitters: line breaks (whole and bare), colons, blanks, a name's
+#: marks, controls, DEL, Latin-1 white space and letters.
+_FIELD_BYTES = b"\r\n\r\n::  \t\t-!~aZz09\x00\x0b\x1f\x7f\x80\x85\xa0\xc0\xff"
+
+
+def _field_blocks() -> st.SearchStrategy[bytes]:
+    """Field blocks, mostly nearly well formed: lines joined by CRLF, some of them odd (any of
+    the steering bytes anywhere), with values long enough for the word-wide scan."""
+    steering = st.lists(st.sampled_from(list(_FIELD_BYTES)), min_size=1, max_size=4).map(bytes)
+    blanks = st.sampled_from([b"", b" ", b"\t", b" \t "])
+    text = st.tuples(st.integers(0, 40), st.sampled_from([b"", b"\t", b" ", b"="])).map(
+        lambda t: (b"tok" * t[0])[: t[0]] + t[1]
+    )
+    good = st.tuples(
+        st.sampled_from([b"Host", b"X-Id", b"a", b"Content-Length", b"x!~"]),
+        st.just(b":"),
+        blanks,
+        text,
+        text,
+        blanks,
+    ).map(b"".join)
+    odd = st.tuples(
+        st.one_of(st.sampled_from([b"\xc0Name", b" N", b"N ", b"", b"\x85N"]), steering),
+        st.sampled_from([b":", b": ", b"", b"\t:"]),
+        st.one_of(text, steering),
+        st.one_of(text, steering),
+    ).map(b"".join)
+    lines = st.lists(st.one_of(good, good, good, odd), min_size=1, max_size=5).map(b"\r\n".join)
+    steered = st.lists(st.sampled_from(list(_FIELD_BYTES)), max_size=40).map(bytes)
+    return st.one_of(lines, lines, lines, st.binary(max_size=120), steered)
+
+
+def _c_splitters() -> ModuleType:
+    """``mcpproxy._http1`` as built from C; the test is skipped where it is not (pure Python)."""
+    import mcpproxy._http1 as module
+
+    if not (module.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        pytest.skip("the C module is not built (pure Python)")
+    return module
+
+
+def _python_splitters() -> ModuleType:
+    """``mcpproxy/_http1.py``, the Python reference, loaded beside its C build."""
+    spec = importlib.util.spec_from_file_location("http1_reference", ROOT / "mcpproxy" / "_http1.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_REFERENCE = _python_splitters()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_field_blocks())
+def test_c_field_splitters_agree_with_the_python_reference(block: bytes) -> None:
+    c = _c_splitters()
+    assert c.request_fields(block) == _REFERENCE.request_fields(block)
+    assert c.response_fields(block) == _REFERENCE.response_fields(block)
+
+
+def test_c_field_splitters_find_a_bad_byte_anywhere_in_a_long_value() -> None:
+    """The C scan reads a request's values eight bytes at a step: a byte it must refuse is found
+    at every offset of a word, and the longest run of good bytes is taken."""
+    c = _c_splitters()
+    good = b"Authorization: Bearer " + b"abcdefgh" * 8
+    assert c.request_fields(good) == (
+        [good.decode()], ["authorization"], [("Authorization", good[15:].decode())]
+    )
+    for at in range(15, len(good)):
+        for bad in (b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\r", b"\n"):
+            assert c.request_fields(good[:at] + bad + good[at + 1 :]) is None, (at, bad)
+        tab = good[:at] + b"\t" + good[at + 1 :]
+        assert c.request_fields(tab) is not None  # HTAB is allowed inside a value
+
+
+def test_c_field_splitters_take_only_bytes() -> None:
+    c = _c_splitters()
+    for splitter in (c.request_fields, c.response_fields):
+        with pytest.raises(TypeError):
+            splitter(bytearray(b"Host: a"))
+        with pytest.raises(TypeError):
+            splitter("Host: a")
 
 
 # --------------------------------------------------------------------------- parse_response_head

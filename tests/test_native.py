@@ -22,11 +22,16 @@ def test_this_run_tests_the_build_it_says() -> None:
         assert compiled == []
         assert native.describe() == "pure Python"
     elif compiled:
-        assert compiled == list(native.COMPILED)
-        assert (
-            native.describe()
-            == f"compiled with mypyc ({len(compiled)} of {len(compiled)} per-request modules)"
-        )
+        assert compiled == [*native.COMPILED, *native.C_MODULES]
+        count = len(native.COMPILED)
+        assert native.describe() == f"compiled with mypyc ({count} of {count} per-request modules) and C"
+
+
+def test_every_c_module_has_its_source_and_python_twin() -> None:
+    for name in native.C_MODULES:
+        base = ROOT / name.replace(".", "/")
+        assert base.with_suffix(".c").is_file(), name
+        assert base.with_suffix(".py").is_file(), name
 
 
 def test_version_names_the_build() -> None:
@@ -44,6 +49,8 @@ def test_source_digest_follows_every_module_and_setup(tmp_path: Path) -> None:
     seen = {first}
     for change in (
         lambda: (tmp_path / "mcpproxy" / "a.py").write_text("A = 2\n"),
+        lambda: (tmp_path / "mcpproxy" / "_c.c").write_text("/* C */\n"),  # a module in C
+        lambda: (tmp_path / "mcpproxy" / "_c.c").write_text("/* C, edited */\n"),
         lambda: (tmp_path / "mcpproxy" / "web" / "b.py").write_text(""),  # a new, empty module
         lambda: (tmp_path / "setup.py").write_text("setup(ext_modules=[])\n"),
         lambda: (tmp_path / "mcpproxy" / "web" / "b.py").rename(tmp_path / "mcpproxy" / "web" / "c.py"),
