@@ -21,6 +21,7 @@ from mcpproxy.config.model import (
     SubjectSource,
 )
 from mcpproxy.errors import bad_request
+from mcpproxy.expiring import remember
 from mcpproxy.headers import AUTHORIZATION, CREDENTIAL_HEADERS, Headers
 from mcpproxy.jsonrpc import Body
 from mcpproxy.providerdata import (
@@ -99,7 +100,10 @@ def resolve_subject(sources: tuple[SubjectSource, ...], view: RequestView) -> Su
         raise bad_request(
             "conflicting credentials from " + ", ".join(labels), reason="conflicting_credentials"
         )
-    return Subject(Secret(value), label)
+    secret = _SECRETS.get(value)
+    if secret is None:
+        secret = remember(_SECRETS, value, Secret(value), _MAX_SECRETS)
+    return Subject(secret, label)
 
 
 def strip_meta_credentials(body: Body, sources: tuple[SubjectSource, ...]) -> bool:
@@ -181,12 +185,22 @@ def _strip_prefix(value: str, source: HeaderSource) -> str:
     return value[len(source.prefix) :].strip()
 
 
+#: The callers' credentials already found well formed, each as the one :class:`Secret` every
+#: request that sends it gets: a caller sends the same token request after request, and the
+#: format check and the SHA-256 of the cache key (:meth:`Secret.digest`, computed once a secret)
+#: were a tenth of a relayed exchange request. Bounded (emptied when full), like the token
+#: cache it feeds, and holding only what callers keep sending: a token is no more valid for being
+#: here (validity is the verifier's and the token endpoint's to judge, every request).
+_SECRETS: Final[dict[str, Secret]] = {}
+_MAX_SECRETS: Final = 512
+
+
 def _clean(value: str, label: str, max_bytes: int) -> str:
     if not value:
         raise bad_request(f"empty credential in {label}", reason="malformed_credential")
     if len(value) > max_bytes:
         raise bad_request(f"credential in {label} is too long", reason="malformed_credential")
-    if not _visible(value):
+    if value not in _SECRETS and not _visible(value):
         raise bad_request(
             f"credential in {label} contains whitespace or control characters",
             reason="malformed_credential",

@@ -123,6 +123,34 @@ def test_fingerprints_are_remembered_boundedly_and_stay_right() -> None:
     assert all(Secret(value).fingerprint() == expected(value) for value in values[::97])
 
 
+def test_remembered_credentials_are_still_checked_against_each_route() -> None:
+    """A caller's token is checked and hashed once (``credentials._SECRETS``), but a remembered
+    one is still too long for a route with a lower limit, and a malformed one is never remembered."""
+    from mcpproxy import credentials
+    from mcpproxy.config.model import AuthorizationSource
+
+    def resolve(value: str, max_bytes: int) -> credentials.Subject | None:
+        headers = CIMultiDict({"Authorization": "Bearer " + value})
+        view = credentials.RequestView(headers, "proxy.example", "/r/mcp", None, max_bytes)
+        return credentials.resolve_subject((AuthorizationSource(),), view)
+
+    token = "eyJ" + "a" * 600 + ".sig"
+    first, again = resolve(token, 4096), resolve(token, 4096)
+    assert first is not None and again is not None
+    assert first.token is again.token and first.token.reveal() == token
+    with pytest.raises(ProxyError, match="too long"):
+        resolve(token, 100)
+    for bad in ("tok\x01en", "tok\x7fen", "tok\u00a0en"):
+        for _ in range(2):
+            with pytest.raises(ProxyError, match="whitespace or control"):
+                resolve(bad, 4096)
+        assert bad not in credentials._SECRETS
+    for i in range(credentials._MAX_SECRETS + 10):
+        subject = resolve(f"token-{i}", 4096)
+        assert subject is not None and subject.token.reveal() == f"token-{i}"
+        assert len(credentials._SECRETS) <= credentials._MAX_SECRETS
+
+
 def test_header_policy_both_ways() -> None:
     allowed = route_allowlist(["x-tenant"], ["x-tenant-secret"])
     incoming = CIMultiDict(
