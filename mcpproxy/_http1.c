@@ -1,20 +1,30 @@
-/* The header field splitters of mcpproxy/http1.py, in C.
+/* The request and response head parsers of mcpproxy/http1.py, in C.
  *
  * mcpproxy/_http1.py is the same module in Python: what a build without a C compiler runs, and
  * the reference tests/test_http1.py checks this file against on generated input. Built, this
- * extension is imported in its place. Each call scans the field block once (a request's ~1 KB
- * bearer token eight bytes at a step) and builds the strings the relay keeps.
+ * extension is imported in its place. Each call scans a head once (a request's ~1 KB bearer
+ * token eight bytes at a step) and builds only the objects the relay keeps.
  *
- * request_fields(block: bytes) -> (lines, names, pairs) | None
- *     Strict: every line is  token ":" value  of HTAB, SP and visible ASCII, lines end with CRLF.
- *     None for anything else (the relay then hands the request to aiohttp's parser).
- * response_fields(block: bytes) -> (lines, names, values) | None
- *     Lenient as to content: any byte but CR and LF (Latin-1); a name must not be empty or
- *     start or end with white space (str.isspace), and lines end with CRLF. None otherwise.
+ * request_head(block: bytes) -> (method, target, lines, names, pairs, length, keep_alive, host) | None
+ *     A whole request head (block ends with the blank line) in the subset the relay serves:
+ *     POST, GET or DELETE of an origin-form target of visible ASCII, HTTP/1.1; every field
+ *     token ":" value  of HTAB, SP and visible ASCII, every line ending with CRLF; exactly one
+ *     Host, at most one Content-Length (1 to 15 digits), no Transfer-Encoding, Expect, Upgrade
+ *     or HTTP2-Settings. keep_alive is False when a Connection field holds "close". None for
+ *     anything else (the relay then hands the request to aiohttp's parser).
+ * response_head(block: bytes) -> (status, reason, lines, names, framing, length, keep_alive,
+ *                                 content_type) | str
+ *     An upstream's head (block ends with the blank line), lenient as to content: any byte but
+ *     CR and LF (Latin-1); a name must not be empty or start or end with white space
+ *     (str.isspace). Strict as to framing: framing is the index of http1.Framing's member, after
+ *     Transfer-Encoding (chunked last, no Content-Length beside it), else one Content-Length
+ *     (repeats must be equal), else none (NONE for 1xx, 204 and 304). content_type is the
+ *     media type in lower case, "" without one. A str is what is wrong with the head.
+ * find_head_end(data: bytes | bytearray) -> int
+ *     Where the head in data ends (just past its first CRLF CRLF), or -1.
  *
- * lines are the lines as received, names their names in lower case, values (and the pairs'
- * second items) without surrounding SP and HTAB; a pair's first item is the name as sent.
- * `block` is the fields without the CRLF that ends the last one.
+ * lines are the field lines as received, names their names in lower case; a pair is the name as
+ * sent and the value without surrounding SP and HTAB.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -139,8 +149,8 @@ static int add_request_line(const Line *line, PyObject *lines, PyObject *names, 
     return append_new(pairs, pair);
 }
 
-/* The response's pieces of one line: its text, lower-case name, and value. */
-static int add_response_line(const Line *line, PyObject *lines, PyObject *names, PyObject *values) {
+/* The response's pieces of one line: its text and lower-case name. */
+static int add_response_line(const Line *line, PyObject *lines, PyObject *names) {
     Py_ssize_t name_len = line->colon - line->start;
     PyObject *lower;
     if (line->name_ascii) {
@@ -151,46 +161,321 @@ static int add_response_line(const Line *line, PyObject *lines, PyObject *names,
         Py_XDECREF(name);
     }
     if (append_new(lines, latin1_text(line->start, line->end - line->start)) < 0) return -1;
-    if (append_new(names, lower) < 0) return -1;
-    return append_new(values, latin1_text(line->value, line->value_end - line->value));
+    return append_new(names, lower);
 }
 
-static PyObject *split(PyObject *block, int strict) {
+/* --- whole request heads ------------------------------------------------------------- */
+
+static PyObject *method_names[3]; /* "POST", "GET", "DELETE": the same objects every request */
+static const char *const method_bytes[3] = {"POST", "GET", "DELETE"};
+
+/* The method's shared str, or NULL when the relay does not serve it. */
+static PyObject *relayed_method(const unsigned char *s, Py_ssize_t n) {
+    for (int i = 0; i < 3; i++)
+        if ((size_t)n == strlen(method_bytes[i]) && memcmp(s, method_bytes[i], (size_t)n) == 0)
+            return method_names[i];
+    return NULL;
+}
+
+/* Whether the name s[0:n] is `lower` (a lower-case name) in any case. */
+static int name_is(const unsigned char *s, Py_ssize_t n, const char *lower) {
+    if ((size_t)n != strlen(lower)) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (s[i] >= 'A' && s[i] <= 'Z') ? s[i] + 32 : s[i];
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+/* Whether s[0:n] holds "close" in any case (Connection: close, also within a list). */
+static int holds_close(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i + 5 <= n; i++)
+        if (name_is(s + i, 5, "close")) return 1;
+    return 0;
+}
+
+/* What the head's fields say about serving it, collected while they are split. */
+typedef struct {
+    int hosts, lengths, refused, close;
+    const unsigned char *length, *length_end; /* the one Content-Length value */
+    PyObject *host;                           /* the one Host value (borrowed from its pair) */
+} Facts;
+
+static void note_field(const Line *line, PyObject *pairs, Facts *facts) {
+    const unsigned char *name = line->start;
+    Py_ssize_t n = line->colon - line->start;
+    if (name_is(name, n, "host")) {
+        facts->hosts++;
+        facts->host = PyTuple_GET_ITEM(PyList_GET_ITEM(pairs, PyList_GET_SIZE(pairs) - 1), 1);
+    } else if (name_is(name, n, "content-length")) {
+        facts->lengths++;
+        facts->length = line->value;
+        facts->length_end = line->value_end;
+    } else if (name_is(name, n, "connection")) {
+        facts->close |= holds_close(line->value, line->value_end - line->value);
+    } else if (name_is(name, n, "transfer-encoding") || name_is(name, n, "expect") ||
+               name_is(name, n, "upgrade") || name_is(name, n, "http2-settings")) {
+        facts->refused = 1;
+    }
+}
+
+/* The Content-Length value as a number: 1 to 15 ASCII digits, else -1. */
+static long long decimal(const unsigned char *s, const unsigned char *end) {
+    if (end - s < 1 || end - s > 15) return -1;
+    long long value = 0;
+    for (; s < end; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        value = value * 10 + (*s - '0');
+    }
+    return value;
+}
+
+/* The request line's method (shared str), and where its target starts and ends; NULL unless it
+ * is  method SP target SP "HTTP/1.1"  with a relayed method and an origin-form target. */
+static PyObject *request_line(const unsigned char *p, const unsigned char *end,
+                              const unsigned char **target, const unsigned char **target_end) {
+    const unsigned char *sp1 = memchr(p, ' ', (size_t)(end - p));
+    if (sp1 == NULL) return NULL;
+    const unsigned char *sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+    if (sp2 == NULL || end - sp2 != 9 || memcmp(sp2 + 1, "HTTP/1.1", 8) != 0) return NULL;
+    if (sp2 == sp1 + 1 || sp1[1] != '/') return NULL;
+    for (const unsigned char *t = sp1 + 1; t < sp2; t++)
+        if (*t < 0x21 || *t > 0x7e) return NULL;
+    *target = sp1 + 1;
+    *target_end = sp2;
+    return relayed_method(p, sp1 - p);
+}
+
+static PyObject *head_result(PyObject *method, const unsigned char *target, const unsigned char *target_end,
+                             PyObject *lines, PyObject *names, PyObject *pairs, const Facts *facts) {
+    long long length = 0;
+    if (facts->lengths == 1) length = decimal(facts->length, facts->length_end);
+    if (facts->refused || facts->hosts != 1 || facts->lengths > 1 || length < 0) Py_RETURN_NONE;
+    PyObject *text = ascii_text(target, target_end - target);
+    PyObject *number = text != NULL ? PyLong_FromLongLong(length) : NULL;
+    PyObject *result = NULL;
+    if (number != NULL)
+        result = PyTuple_Pack(8, method, text, lines, names, pairs, number,
+                              facts->close ? Py_False : Py_True, facts->host);
+    Py_XDECREF(text);
+    Py_XDECREF(number);
+    return result;
+}
+
+static PyObject *request_head(PyObject *module, PyObject *block) {
     if (!PyBytes_Check(block)) {
-        PyErr_SetString(PyExc_TypeError, "the field block must be bytes");
+        PyErr_SetString(PyExc_TypeError, "the head must be bytes");
         return NULL;
     }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(block);
     const unsigned char *end = p + PyBytes_GET_SIZE(block);
-    PyObject *lines = PyList_New(0), *names = PyList_New(0), *third = PyList_New(0);
+    if (end - p < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0) Py_RETURN_NONE;
+    const unsigned char *line_end = p;
+    while (!(line_end[0] == '\r' && line_end[1] == '\n')) line_end++; /* stops at the end's CRLF */
+    const unsigned char *target, *target_end;
+    PyObject *method = request_line(p, line_end, &target, &target_end);
+    const unsigned char *field = line_end + 2, *fields_end = end - 4;
+    if (method == NULL || field >= fields_end) Py_RETURN_NONE; /* no field: no Host */
+    PyObject *lines = PyList_New(0), *names = PyList_New(0), *pairs = PyList_New(0);
     PyObject *result = NULL;
-    if (lines == NULL || names == NULL || third == NULL) goto done;
-    int last = p == end;
-    while (!last) {
+    if (lines == NULL || names == NULL || pairs == NULL) goto done;
+    Facts facts = {0, 0, 0, 0, NULL, NULL, NULL};
+    for (int last = 0; !last;) {
         Line line;
-        if (scan_line(&p, end, strict, &line, &last) < 0) {
+        if (scan_line(&field, fields_end, 1, &line, &last) < 0) {
             result = Py_NewRef(Py_None);
             goto done;
         }
-        int failed = strict ? add_request_line(&line, lines, names, third)
-                            : add_response_line(&line, lines, names, third);
-        if (failed < 0) goto done;
+        if (add_request_line(&line, lines, names, pairs) < 0) goto done;
+        note_field(&line, pairs, &facts);
     }
-    result = PyTuple_Pack(3, lines, names, third);
+    result = head_result(method, target, target_end, lines, names, pairs, &facts);
 done:
     Py_XDECREF(lines);
     Py_XDECREF(names);
-    Py_XDECREF(third);
+    Py_XDECREF(pairs);
     return result;
 }
 
-static PyObject *request_fields(PyObject *module, PyObject *block) { return split(block, 1); }
+static PyObject *find_head_end(PyObject *module, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *start = view.buf, *end = start + view.len, *p = start;
+    Py_ssize_t found = -1;
+    while ((p = memchr(p, '\r', (size_t)(end - p))) != NULL && end - p >= 4) {
+        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
+            found = p - start + 4;
+            break;
+        }
+        p++;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(found);
+}
 
-static PyObject *response_fields(PyObject *module, PyObject *block) { return split(block, 0); }
+/* --- whole response heads ------------------------------------------------------------ */
+
+enum { FRAMING_NONE, FRAMING_LENGTH, FRAMING_CHUNKED, FRAMING_CLOSE }; /* http1.Framing, in order */
+
+/* What a response head's fields say about its framing and reuse, collected while they are split. */
+typedef struct {
+    int close, keep_alive, codings, lengths, lengths_differ;
+    const unsigned char *coding, *coding_end; /* the last Transfer-Encoding value */
+    const unsigned char *length, *length_end; /* the first Content-Length value */
+    const unsigned char *media, *media_end;   /* the first Content-Type value */
+} FramingFields;
+
+static int holds(const unsigned char *s, Py_ssize_t n, const char *lower) {
+    Py_ssize_t k = (Py_ssize_t)strlen(lower);
+    for (Py_ssize_t i = 0; i + k <= n; i++)
+        if (name_is(s + i, k, lower)) return 1;
+    return 0;
+}
+
+static void note_framing(const Line *line, FramingFields *f) {
+    const unsigned char *name = line->start, *v = line->value, *v_end = line->value_end;
+    Py_ssize_t n = line->colon - line->start;
+    if (name_is(name, n, "connection")) {
+        f->close |= holds(v, v_end - v, "close");
+        f->keep_alive |= holds(v, v_end - v, "keep-alive");
+    } else if (name_is(name, n, "transfer-encoding")) {
+        f->codings++;
+        f->coding = v;
+        f->coding_end = v_end;
+    } else if (name_is(name, n, "content-length")) {
+        if (f->lengths++ == 0) {
+            f->length = v;
+            f->length_end = v_end;
+        } else if (v_end - v != f->length_end - f->length || memcmp(v, f->length, (size_t)(v_end - v)) != 0) {
+            f->lengths_differ = 1;
+        }
+    } else if (f->media == NULL && name_is(name, n, "content-type")) {
+        f->media = v;
+        f->media_end = v_end;
+    }
+}
+
+/* s[0:n] without leading and trailing str.isspace() characters (Latin-1). */
+static void strip_space(const unsigned char **s, const unsigned char **end) {
+    while (*s < *end && is_space(**s)) (*s)++;
+    while (*end > *s && is_space((*end)[-1])) (*end)--;
+}
+
+/* The media type: the Content-Type value before any ";", stripped, lower case; "" without one. */
+static PyObject *media_type(const FramingFields *f) {
+    if (f->media == NULL) return PyUnicode_New(0, 127);
+    const unsigned char *s = f->media, *end = memchr(s, ';', (size_t)(f->media_end - s));
+    if (end == NULL) end = f->media_end;
+    strip_space(&s, &end);
+    for (const unsigned char *c = s; c < end; c++) {
+        if (*c >= 0x80) { /* Latin-1 letters have case too: str.lower() knows them */
+            PyObject *text = latin1_text(s, end - s);
+            PyObject *lower = text != NULL ? PyObject_CallMethod(text, "lower", NULL) : NULL;
+            Py_XDECREF(text);
+            return lower;
+        }
+    }
+    return ascii_lower(s, end - s);
+}
+
+/* Whether the last transfer coding (after the last comma of the last field) is chunked. */
+static int ends_chunked(const FramingFields *f) {
+    const unsigned char *s = f->coding, *end = f->coding_end;
+    for (const unsigned char *c = end; c > s; c--)
+        if (c[-1] == ',') {
+            s = c;
+            break;
+        }
+    strip_space(&s, &end);
+    return name_is(s, end - s, "chunked");
+}
+
+/* The framing (FRAMING_*), with the length and reuse; *error set when the head frames no body
+ * the relay can pass on. */
+static int frame(int status, int http11, const FramingFields *f, long long *length, int *keep_alive,
+                 const char **error) {
+    *keep_alive = http11 ? !f->close : f->keep_alive;
+    *length = 0;
+    if (status < 200 || status == 204 || status == 304) return FRAMING_NONE;
+    if (f->codings) {
+        if (!ends_chunked(f) || f->lengths) *error = "unsupported or conflicting transfer coding";
+        return FRAMING_CHUNKED;
+    }
+    if (f->lengths) {
+        if (f->lengths_differ) *error = "conflicting Content-Length";
+        else if ((*length = decimal(f->length, f->length_end)) < 0) *error = "malformed Content-Length";
+        return FRAMING_LENGTH;
+    }
+    *keep_alive = 0;
+    return FRAMING_CLOSE;
+}
+
+/* The status code of  "HTTP/1.x" SP 3DIGIT [SP reason], or -1. */
+static int status_code(const unsigned char *p, const unsigned char *end) {
+    if (end - p < 12 || (memcmp(p, "HTTP/1.1 ", 9) != 0 && memcmp(p, "HTTP/1.0 ", 9) != 0)) return -1;
+    for (int i = 9; i < 12; i++)
+        if (p[i] < '0' || p[i] > '9') return -1;
+    if (end - p > 12 && p[12] != ' ') return -1;
+    return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+}
+
+static PyObject *response_result(int status, const unsigned char *reason, const unsigned char *reason_end,
+                                 PyObject *lines, PyObject *names, const FramingFields *f, int http11) {
+    long long length;
+    int keep_alive;
+    const char *error = NULL;
+    int kind = frame(status, http11, f, &length, &keep_alive, &error);
+    if (error != NULL) return PyUnicode_FromString(error);
+    PyObject *items[5] = {PyLong_FromLong(status), latin1_text(reason, reason_end - reason),
+                          PyLong_FromLong(kind), PyLong_FromLongLong(length), media_type(f)};
+    PyObject *result = NULL;
+    if (items[0] && items[1] && items[2] && items[3] && items[4])
+        result = PyTuple_Pack(8, items[0], items[1], lines, names, items[2], items[3],
+                              keep_alive ? Py_True : Py_False, items[4]);
+    for (int i = 0; i < 5; i++) Py_XDECREF(items[i]);
+    return result;
+}
+
+static PyObject *response_head(PyObject *module, PyObject *block) {
+    if (!PyBytes_Check(block)) {
+        PyErr_SetString(PyExc_TypeError, "the head must be bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(block);
+    const unsigned char *end = p + PyBytes_GET_SIZE(block);
+    if (end - p < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0) return PyUnicode_FromString("malformed header field");
+    const unsigned char *line_end = p;
+    while (!(line_end[0] == '\r' && line_end[1] == '\n')) line_end++; /* stops at the end's CRLF */
+    for (const unsigned char *c = p; c < line_end; c++)
+        if (*c == '\r' || *c == '\n') return PyUnicode_FromString("malformed header field");
+    int status = status_code(p, line_end);
+    if (status < 0) return PyUnicode_FromString("malformed status line");
+    const unsigned char *reason = line_end - p > 12 ? p + 13 : line_end;
+    const unsigned char *field = line_end + 2, *fields_end = end - 4;
+    PyObject *lines = PyList_New(0), *names = PyList_New(0);
+    PyObject *result = NULL;
+    if (lines == NULL || names == NULL) goto done;
+    FramingFields framing = {0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    for (int last = field >= fields_end; !last;) {
+        Line line;
+        if (scan_line(&field, fields_end, 0, &line, &last) < 0) {
+            result = PyUnicode_FromString("malformed header field");
+            goto done;
+        }
+        if (add_response_line(&line, lines, names) < 0) goto done;
+        note_framing(&line, &framing);
+    }
+    result = response_result(status, reason, line_end, lines, names, &framing, p[7] == '1');
+done:
+    Py_XDECREF(lines);
+    Py_XDECREF(names);
+    return result;
+}
 
 static PyMethodDef methods[] = {
-    {"request_fields", request_fields, METH_O, "A request's field block: (lines, names, pairs), or None."},
-    {"response_fields", response_fields, METH_O, "A response's field block: (lines, names, values), or None."},
+    {"request_head", request_head, METH_O, "A whole request head the relay serves, in pieces, or None."},
+    {"response_head", response_head, METH_O, "A whole response head, in pieces, or what is wrong with it."},
+    {"find_head_end", find_head_end, METH_O, "Where the head in data ends (past its CRLF CRLF), or -1."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -208,5 +493,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__http1(void) {
     init_classes();
+    for (int i = 0; i < 3; i++)
+        if (method_names[i] == NULL && (method_names[i] = PyUnicode_InternFromString(method_bytes[i])) == NULL)
+            return NULL;
     return PyModule_Create(&module);
 }

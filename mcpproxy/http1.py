@@ -21,23 +21,14 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from mcpproxy._http1 import request_fields, response_fields
-from mcpproxy.headers import (
-    CONNECTION,
-    CONTENT_LENGTH,
-    HOST,
-)
+from mcpproxy._http1 import find_head_end as find_head_end  # the relay's, from here
+from mcpproxy._http1 import request_head, response_head
 
-#: An origin-form request target of visible ASCII.
-_TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
-#: Request fields the relay leaves to aiohttp (a body framed otherwise, a protocol switch).
-_NOT_RELAYED: Final = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings"})
 #: Request methods the relay serves; the rest (HEAD, OPTIONS...) go to aiohttp.
 RELAYED_METHODS: Final = frozenset({b"POST", b"GET", b"DELETE"})
 #: Upper bound for an upstream's response head.
 MAX_RESPONSE_HEAD: Final = 64 * 1024
-END_OF_HEAD: Final = b"\r\n\r\n"
 
 
 class ProtocolViolation(Exception):
@@ -74,48 +65,13 @@ class RequestHead:
 
 def parse_request_head(block: bytes) -> RequestHead | None:
     """The head of a request (``block`` ends with the blank line), or None when the relay must
-    not serve it: anything outside the strict subset described in the module docstring."""
-    line_end = block.find(b"\r\n")
-    request_line = block[:line_end]
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in RELAYED_METHODS:
+    not serve it: anything outside the strict subset described in the module docstring. Parsed
+    in one pass in C (``mcpproxy/_http1.c``; ``mcpproxy/_http1.py`` is the same in Python)."""
+    parts = request_head(block)
+    if parts is None:
         return None
-    if _TARGET.fullmatch(parts[1]) is None:
-        return None
-    if len(block) == line_end + 4:
-        # No field at all, so no Host: refused anyway. Checked here because the slice below would
-        # start past its end, which compiled (mypyc) bytes slicing turns into a SystemError.
-        return None
-    fields = request_fields(block[line_end + 2 : -4])
-    if fields is None:
-        return None
-    lines, names, pairs = fields  # not *fields: compiled, a call with * is a generic one
-    return _request_head(parts[0].decode(), parts[1].decode(), CIMultiDict(pairs), lines, names)
-
-
-def _request_head(
-    method: str, target: str, headers: CIMultiDict[str], lines: list[str], names: list[str]
-) -> RequestHead | None:
-    if not _NOT_RELAYED.isdisjoint(names) or names.count("host") != 1:
-        return None
-    length = 0
-    if "content-length" in names:
-        lengths = headers.getall(CONTENT_LENGTH)
-        if len(lengths) > 1 or not _decimal(lengths[0]):
-            return None
-        length = int(lengths[0])
-    keep_alive = "connection" not in names or "close" not in _options(headers.getall(CONNECTION))
-    return RequestHead(method, target, headers, headers[HOST], length, keep_alive, lines, names)
-
-
-def _decimal(value: str) -> bool:
-    """1 to 15 ASCII digits (``str.isdigit`` alone also takes other scripts' digits)."""
-    return 0 < len(value) <= 15 and value.isascii() and value.isdigit()
-
-
-def _options(values: list[str]) -> str:
-    """The options of every ``Connection`` field, lower-case (a list, possibly over several lines)."""
-    return ",".join(values).lower()
+    method, target, lines, names, pairs, length, keep_alive, host = parts
+    return RequestHead(method, target, CIMultiDict(pairs), host, length, keep_alive, lines, names)
 
 
 class Framing(Enum):
@@ -160,72 +116,18 @@ class ResponseHead:
         return CIMultiDict((name, value.strip(" \t")) for name, _, value in pairs)
 
 
-#: Response fields that decide framing and reuse, collected while the head is split.
-_FRAMING_FIELDS: Final = frozenset({"connection", "transfer-encoding", "content-length", "content-type"})
-_STATUS_LINE_START: Final = ("HTTP/1.1 ", "HTTP/1.0 ")
+#: The framings in the order the head parser numbers them.
+_FRAMINGS: Final = (Framing.NONE, Framing.LENGTH, Framing.CHUNKED, Framing.CLOSE)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
-    """An upstream's response head (``block`` ends with the blank line)."""
-    line_end = block.find(b"\r\n")
-    if line_end < 0:
-        raise ProtocolViolation("malformed status line")
-    status_line = block[:line_end].decode("latin-1")
-    if "\r" in status_line or "\n" in status_line:
-        raise ProtocolViolation("malformed header field")  # a bare CR or LF
-    code, rest = status_line[9:12], status_line[12:]
-    if (
-        status_line[:9] not in _STATUS_LINE_START
-        or len(code) != 3
-        or not (code.isascii() and code.isdigit())
-        or (rest and rest[0] != " ")
-    ):
-        raise ProtocolViolation("malformed status line")
-    # (no slice that starts past its end: compiled (mypyc), bytes slicing makes it a SystemError)
-    fields = response_fields(block[line_end + 2 : -4]) if len(block) > line_end + 4 else ([], [], [])
-    if fields is None:
-        raise ProtocolViolation("malformed header field")
-    lines, names, values = fields
-    framing = []
-    for i in range(len(names)):
-        if names[i] in _FRAMING_FIELDS:
-            framing.append((names[i], values[i]))
-    status = int(code)
-    # not *_frame(...): compiled, a call with * is a generic one
-    kind, length, keep_alive, content_type = _frame(status, framing, status_line[7] == "1")
-    return ResponseHead(status, rest[1:], lines, names, kind, length, keep_alive, content_type)
-
-
-def _frame(status: int, fields: list[tuple[str, str]], http11: bool) -> tuple[Framing, int, bool, str]:
-    """Framing, length, reuse and media type, from the head's framing fields (name, value)."""
-    connection, codings, lengths = [], [], []
-    media = None
-    for name, value in fields:
-        if name == "content-length":
-            lengths.append(value)
-        elif name == "transfer-encoding":
-            codings.append(value)
-        elif name == "connection":
-            connection.append(value)
-        elif media is None:
-            media = value.partition(";")[0].strip().lower()
-    options = _options(connection) if connection else ""
-    keep_alive = ("close" not in options) if http11 else ("keep-alive" in options)
-    content_type = media or ""
-    if status < 200 or status in (204, 304):
-        return Framing.NONE, 0, keep_alive, content_type
-    if codings:
-        if ",".join(codings).rsplit(",", 1)[-1].strip().lower() != "chunked" or lengths:
-            raise ProtocolViolation("unsupported or conflicting transfer coding")
-        return Framing.CHUNKED, 0, keep_alive, content_type
-    if lengths:
-        value = lengths[0]
-        if lengths.count(value) != len(lengths):
-            raise ProtocolViolation("conflicting Content-Length")
-        if not _decimal(value):
-            raise ProtocolViolation("malformed Content-Length")
-        return Framing.LENGTH, int(value), keep_alive, content_type
-    return Framing.CLOSE, 0, False, content_type
+    """An upstream's response head (``block`` ends with the blank line). Parsed in one pass in C
+    (``mcpproxy/_http1.c``; ``mcpproxy/_http1.py`` is the same in Python)."""
+    parts = response_head(block)
+    if isinstance(parts, str):
+        raise ProtocolViolation(parts)
+    status, reason, lines, names, framing, length, keep_alive, content_type = parts
+    return ResponseHead(status, reason, lines, names, _FRAMINGS[framing], length, keep_alive, content_type)
 
 
 def _whole_chunk(data: bytes, pos: int) -> tuple[int, int]:

@@ -52,8 +52,8 @@ COMPILED: Final = (
 
 #: Modules written in C, built beside the compiled ones, each from a ``.c`` file that has a
 #: ``.py`` twin of the same name: the Python reference, which runs when the C is not built. Only
-#: the header field splitters (``mcpproxy/_http1.c``): mypyc would turn a byte-by-byte Python
-#: loop into a C call a byte, where this scans a field block a word at a time.
+#: the head parsers (``mcpproxy/_http1.c``): mypyc would turn a byte-by-byte Python loop into a
+#: C call a byte, where this scans a head a word at a time.
 C_MODULES: Final = ("mcpproxy._http1",)
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)

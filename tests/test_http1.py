@@ -300,7 +300,7 @@ def test_parse_request_head_never_raises(noise: bytes) -> None:
     assert result is None or isinstance(result, RequestHead)
 
 
-# ------------------------------------------------- the field splitters: C against the Python reference
+# ---------------------------------------------------- the head parsers: C against the Python reference
 
 #: Bytes that steer the splitters: line breaks (whole and bare), colons, blanks, a name's
 #: marks, controls, DEL, Latin-1 white space and letters.
@@ -334,7 +334,7 @@ def _field_blocks() -> st.SearchStrategy[bytes]:
     return st.one_of(lines, lines, lines, st.binary(max_size=120), steered)
 
 
-def _c_splitters() -> ModuleType:
+def _c_parsers() -> ModuleType:
     """``mcpproxy._http1`` as built from C; the test is skipped where it is not (pure Python)."""
     import mcpproxy._http1 as module
 
@@ -343,7 +343,7 @@ def _c_splitters() -> ModuleType:
     return module
 
 
-def _python_splitters() -> ModuleType:
+def _python_parsers() -> ModuleType:
     """``mcpproxy/_http1.py``, the Python reference, loaded beside its C build."""
     spec = importlib.util.spec_from_file_location("http1_reference", ROOT / "mcpproxy" / "_http1.py")
     assert spec is not None and spec.loader is not None
@@ -352,39 +352,162 @@ def _python_splitters() -> ModuleType:
     return module
 
 
-_REFERENCE = _python_splitters()
+_REFERENCE = _python_parsers()
+
+
+def _with_fields(start_line: bytes, block: bytes) -> bytes:
+    return start_line + b"\r\n" + (block + b"\r\n" if block else b"") + b"\r\n"
 
 
 @settings(max_examples=1500, deadline=None)
 @given(_field_blocks())
-def test_c_field_splitters_agree_with_the_python_reference(block: bytes) -> None:
-    c = _c_splitters()
-    assert c.request_fields(block) == _REFERENCE.request_fields(block)
-    assert c.response_fields(block) == _REFERENCE.response_fields(block)
+def test_c_head_parsers_agree_with_the_python_reference_on_field_blocks(block: bytes) -> None:
+    c = _c_parsers()
+    for fields in (block, b"Host: h\r\n" + block if block else b"Host: h"):
+        head = _with_fields(b"POST /mcp HTTP/1.1", fields)
+        assert c.request_head(head) == _REFERENCE.request_head(head)
+    for status_line in (b"HTTP/1.1 200 OK", b"HTTP/1.0 404"):
+        head = _with_fields(status_line, block)
+        assert c.response_head(head) == _REFERENCE.response_head(head)
 
 
-def test_c_field_splitters_find_a_bad_byte_anywhere_in_a_long_value() -> None:
+def _request_heads() -> st.SearchStrategy[bytes]:
+    """Request heads around the edges of the relay's subset: methods, targets and versions right
+    and wrong, the fields that decide (Host, Content-Length, Connection, the refused ones) in
+    any case, once or twice, with good and bad values, among other fields; and arbitrary bytes.
+    (Odd field lines are the splitters' test, above.)"""
+    served = st.tuples(
+        st.sampled_from([b"POST ", b"GET ", b"DELETE "]),
+        st.sampled_from([b"/", b"/r/mcp?x=%20", b"/~!$&'()*+,;=:@"]),
+        st.just(b" HTTP/1.1"),
+    ).map(b"".join)
+    odd_line = st.tuples(
+        st.sampled_from([b"POST", b"GET", b"DELETE", b"HEAD", b"post", b"", b"GET "]),
+        st.sampled_from([b" "]),
+        st.sampled_from([b"/", b"*", b"http://h/", b"/\x7f", b"/a b", b"/\xc0", b""]),
+        st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/1.1 ", b"HTTP/1.1", b" http/1.1"]),
+    ).map(b"".join)
+    name = st.sampled_from(
+        [
+            b"Host", b"host", b"HOST", b"Content-Length", b"content-LENGTH", b"Connection", b"X-A",
+            b"Transfer-Encoding", b"Expect", b"upgrade", b"HTTP2-Settings", b"Hosts", b"Connectio",
+        ]
+    )
+    value = st.sampled_from(
+        [
+            b"", b"5", b"007", b"123456789012345", b"1234567890123456", b"-1", b"5 ", b"\t5", b"1e3",
+            b"close", b"Keep-Alive, CLOSE", b"closed", b"clo se", b"h:1", b"a" * 40,
+        ]
+    )
+    field = st.tuples(name, st.sampled_from([b": ", b":", b":\t"]), value).map(b"".join)
+    plain = st.sampled_from(
+        [
+            b"X-A: b", b"Accept: */*", b"Authorization: Bearer " + b"t" * 50, b"Content-Length: 5",
+            b"content-length:\t007 ", b"Connection: close", b"connection: Keep-Alive, CLOSE",
+            b"Connection: keep-alive", b"CONNECTION: Upgrade",
+        ]
+    )
+    fields = st.tuples(
+        st.sampled_from([[b"Host: h"], [b"Host: h"], []]),
+        st.lists(st.one_of(plain, plain, plain, plain, field), max_size=4),
+    ).map(lambda t: b"\r\n".join(t[0] + t[1]))
+    end = st.sampled_from([b"\r\n\r\n"] * 5 + [b"\r\n", b"\n\n", b""])
+    request_line = st.one_of(served, served, served, odd_line)
+    heads = st.tuples(request_line, st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"]), fields, end)
+    return st.one_of(heads.map(b"".join), heads.map(b"".join), st.binary(max_size=80))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_request_heads())
+def test_c_request_head_agrees_with_the_python_reference(block: bytes) -> None:
+    c = _c_parsers()
+    assert c.request_head(block) == _REFERENCE.request_head(block)
+    for data in (block, bytearray(block), block + block):
+        assert c.find_head_end(data) == _REFERENCE.find_head_end(data)
+
+
+def test_c_request_head_reads_a_served_head_whole() -> None:
+    """The pieces of a head the relay serves (the generated heads above are mostly refused)."""
+    c = _c_parsers()
+    block = request(b"Host: h:1", b"content-length:  12 ", b"Connection: keep-alive, Close", b"X-A: b")
+    parts = c.request_head(block)
+    assert parts == _REFERENCE.request_head(block)
+    assert parts is not None and parts[:2] == ("POST", "/mcp") and parts[5:] == (12, False, "h:1")
+    assert parts[0] is c.request_head(block)[0]  # the method is one shared str
+    assert c.find_head_end(bytearray(block + b"body")) == len(block)
+    assert c.find_head_end(block[:-1]) == -1
+
+
+def test_c_request_head_finds_a_bad_byte_anywhere_in_a_long_value() -> None:
     """The C scan reads a request's values eight bytes at a step: a byte it must refuse is found
     at every offset of a word, and the longest run of good bytes is taken."""
-    c = _c_splitters()
+    c = _c_parsers()
     good = b"Authorization: Bearer " + b"abcdefgh" * 8
-    assert c.request_fields(good) == (
-        [good.decode()], ["authorization"], [("Authorization", good[15:].decode())]
+    parts = c.request_head(request(HOST, good))
+    assert parts is not None
+    assert parts[2:5] == (
+        [HOST.decode(), good.decode()],
+        ["host", "authorization"],
+        [("Host", "proxy.example"), ("Authorization", good[15:].decode())],
     )
     for at in range(15, len(good)):
         for bad in (b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\r", b"\n"):
-            assert c.request_fields(good[:at] + bad + good[at + 1 :]) is None, (at, bad)
+            assert c.request_head(request(HOST, good[:at] + bad + good[at + 1 :])) is None, (at, bad)
         tab = good[:at] + b"\t" + good[at + 1 :]
-        assert c.request_fields(tab) is not None  # HTAB is allowed inside a value
+        assert c.request_head(request(HOST, tab)) is not None  # HTAB is allowed inside a value
 
 
-def test_c_field_splitters_take_only_bytes() -> None:
-    c = _c_splitters()
-    for splitter in (c.request_fields, c.response_fields):
+def _response_heads() -> st.SearchStrategy[bytes]:
+    """Response heads around the framing rules: statuses with and without a body, both versions,
+    Transfer-Encoding, Content-Length, Connection and Content-Type in any case, repeated, with
+    good, bad and Latin-1 values."""
+    good_status = st.sampled_from(
+        [
+            b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204", b"HTTP/1.1 304 Not Modified",
+            b"HTTP/1.1 101 Switching", b"HTTP/1.1 404 Nicht \xe4", b"HTTP/1.1 200",
+        ]
+    )
+    bad_status = st.sampled_from(
+        [
+            b"HTTP/1.1 2000", b"HTTP/2 200 OK", b"HTTP/1.1 20x OK", b"HTTP/1.1 200\rOK", b"HTTP/1.1  200",
+        ]
+    )
+    status_line = st.one_of(good_status, good_status, good_status, bad_status)
+    name = st.sampled_from(
+        [
+            b"Content-Length", b"content-length", b"Transfer-Encoding", b"TRANSFER-encoding",
+            b"Connection", b"connection", b"Content-Type", b"content-type", b"X-A", b"\xc0-A",
+        ]
+    )
+    value = st.sampled_from(
+        [
+            b"", b"0", b"12", b"012", b"1234567890123456", b"-1", b"1 2", b"chunked", b"Chunked",
+            b"gzip, chunked", b"chunked, gzip", b"chunked,", b" \x85chunked\xa0", b"chunked\x0b",
+            b"close", b"Keep-Alive", b"keep-alive, CLOSE", b"application/JSON; charset=utf-8",
+            b"Text/Event-Stream", b"\xc0PPLICATION/x\xde", b";", b"\xa0text/html\xa0;q", b"\x1cx\x1f",
+        ]
+    )
+    field = st.tuples(name, st.sampled_from([b": ", b":", b":\t "]), value).map(b"".join)
+    fields = st.lists(field, max_size=5).map(b"\r\n".join)
+    return st.tuples(status_line, fields).map(lambda t: _with_fields(*t))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_response_heads())
+def test_c_response_head_agrees_with_the_python_reference(block: bytes) -> None:
+    c = _c_parsers()
+    assert c.response_head(block) == _REFERENCE.response_head(block)
+
+
+def test_c_head_parsers_take_only_bytes() -> None:
+    c = _c_parsers()
+    for parser in (c.request_head, c.response_head):
         with pytest.raises(TypeError):
-            splitter(bytearray(b"Host: a"))
+            parser(bytearray(b"HTTP/1.1 200 OK\r\n\r\n"))
         with pytest.raises(TypeError):
-            splitter("Host: a")
+            parser("HTTP/1.1 200 OK\r\n\r\n")
+    with pytest.raises(TypeError):
+        c.find_head_end("GET / HTTP/1.1\r\n\r\n")
 
 
 # --------------------------------------------------------------------------- parse_response_head

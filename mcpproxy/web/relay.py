@@ -30,12 +30,12 @@ from mcpproxy import prm
 from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError
 from mcpproxy.headers import CONTENT_LENGTH, field_lines, upstream_request_lines
 from mcpproxy.http1 import (
-    END_OF_HEAD,
     RELAYED_METHODS,
     Framing,
     RequestHead,
     ResponseHead,
     encode_lines,
+    find_head_end,
     parse_request_head,
     safe_value,
 )
@@ -242,12 +242,11 @@ class CallerConnection(asyncio.Protocol):
             self._hand_over()
             return
         server = state.config.server
-        end = buffer.find(END_OF_HEAD)
-        if end < 0:
+        head_end = find_head_end(buffer)
+        if head_end < 0:
             if len(buffer) > server.max_header_bytes or not _may_be_relayed(buffer):
                 self._hand_over()
             return
-        head_end = end + 4
         head = parse_request_head(bytes(buffer[:head_end])) if head_end <= server.max_header_bytes else None
         if (
             head is None

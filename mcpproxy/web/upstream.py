@@ -15,13 +15,13 @@ from typing import Final, cast
 from urllib.parse import urlsplit
 
 from mcpproxy.http1 import (
-    END_OF_HEAD,
     MAX_RESPONSE_HEAD,
     ChunkDecoder,
     ChunkScanner,
     Framing,
     ProtocolViolation,
     ResponseHead,
+    find_head_end,
     parse_response_head,
 )
 from mcpproxy.web.watchdog import Watchdog
@@ -242,15 +242,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _head_data(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
-        end = buffer.find(END_OF_HEAD)
+        end = find_head_end(buffer)
         if end < 0:
             if len(buffer) > MAX_RESPONSE_HEAD:
                 raise ProtocolViolation("response head too large")
             self._buffer = buffer
             return
         self._buffer = b""
-        head = parse_response_head(buffer[: end + 4])
-        rest = buffer[end + 4 :]
+        head = parse_response_head(buffer[:end])
+        rest = buffer[end:]
         if head.status < 200:  # an interim answer (103 Early Hints...): the real one follows
             if head.status == 101:
                 raise ProtocolViolation("unexpected protocol switch")
