@@ -7,15 +7,21 @@ import json.scanner
 from collections.abc import Callable
 from typing import Any, Final
 
+from mcpproxy._jsonrpc import method_label
 from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
 
 JsonId = str | int | float | None
 
 
 class Body:
-    """A POSTed JSON-RPC message or batch. ``messages`` is empty when the body is not JSON-RPC."""
+    """A POSTed JSON-RPC message or batch. ``messages`` is empty when the body is not JSON-RPC.
 
-    __slots__ = ("is_batch", "messages", "parsed", "raw")
+    A body taken leniently (:func:`parse_body` without ``strict``) is parsed when something first
+    needs its messages: the relay's common request only needs its method, for the access line
+    and the metrics, and the C module reads that without building the message
+    (``mcpproxy/_jsonrpc.c``)."""
+
+    __slots__ = ("_is_batch", "_messages", "_unread", "parsed", "raw")
 
     def __init__(
         self,
@@ -25,9 +31,27 @@ class Body:
         parsed: bool = False,
     ) -> None:
         self.raw = raw
-        self.messages: list[dict[str, Any]] = [] if messages is None else messages
-        self.is_batch = is_batch
+        self._messages: list[dict[str, Any]] = [] if messages is None else messages
+        self._is_batch = is_batch
         self.parsed = parsed
+        self._unread = False
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        if self._unread:
+            self._read()
+        return self._messages
+
+    @property
+    def is_batch(self) -> bool:
+        if self._unread:
+            self._read()
+        return self._is_batch
+
+    def _read(self) -> None:
+        self._unread = False
+        body = _parsed(self.raw, strict=False)
+        self._messages, self._is_batch, self.parsed = body._messages, body._is_batch, body.parsed
 
     @property
     def first_id(self) -> JsonId:
@@ -39,11 +63,16 @@ class Body:
     @property
     def method(self) -> str:
         """The MCP method for logs and metrics: the single method, or "batch"."""
+        if self._unread:
+            label = method_label(self.raw)
+            if label is not None:
+                return label
         if self.is_batch:
             return "batch"
-        if self.messages and isinstance(self.messages[0].get("method"), str):
-            return str(self.messages[0]["method"])
-        return "response" if self.messages else "-"
+        messages = self.messages
+        if messages and isinstance(messages[0].get("method"), str):
+            return str(messages[0]["method"])
+        return "response" if messages else "-"
 
     def serialize(self) -> bytes:
         payload: Any = self.messages if self.is_batch else self.messages[0]
@@ -79,7 +108,16 @@ _loads: Final = loader(json.JSONDecoder())
 
 def parse_body(raw: bytes, *, strict: bool) -> Body:
     """Parse a POST body. With ``strict`` an unparsable body is a 400 JSON-RPC parse error;
-    without it (a feature merely peeking at the method) it is passed on untouched."""
+    without it (a feature merely peeking at the method) it is passed on untouched, and parsed
+    only when its messages are first needed."""
+    if strict:
+        return _parsed(raw, strict=True)
+    body = Body(raw)
+    body._unread = True
+    return body
+
+
+def _parsed(raw: bytes, *, strict: bool) -> Body:
     try:
         data = _loads(raw)
     except (ValueError, RecursionError):

@@ -51,10 +51,12 @@ COMPILED: Final = (
 )
 
 #: Modules written in C, built beside the compiled ones, each from a ``.c`` file that has a
-#: ``.py`` twin of the same name: the Python reference, which runs when the C is not built. Only
-#: the head parsers (``mcpproxy/_http1.c``): mypyc would turn a byte-by-byte Python loop into a
-#: C call a byte, where this scans a head a word at a time.
-C_MODULES: Final = ("mcpproxy._http1",)
+#: ``.py`` twin of the same name, which runs when the C is not built. Two, where mypyc would turn a
+#: byte-by-byte Python loop into a C call a byte: the head parsers (``mcpproxy/_http1.c``, which
+#: scan a head a word at a time; the twin is the reference they are tested against), and the
+#: reading of a JSON-RPC body's method without building the body (``mcpproxy/_jsonrpc.c``, tested
+#: against ``json.loads``; without it the body is parsed).
+C_MODULES: Final = ("mcpproxy._http1", "mcpproxy._jsonrpc")
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -259,6 +259,102 @@ def test_body_parsing_agrees_with_json_loads(raw: bytes) -> None:
     from mcpproxy.jsonrpc import _loads
 
     _assert_same(_outcome(_loads, raw), _outcome(json.loads, raw))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+#: Bytes that steer the method reader: structure, quotes and escapes, number and literal parts,
+#: white space JSON takes and does not, controls, and UTF-8 lead and continuation bytes.
+_JSON_NOISE = b'{}[]:,"\\ \t\n\r\x0b\x00\x1f-+.eE0129NIanfu/' + bytes([0x80, 0xBF, 0xC2, 0xE0, 0xED, 0xF0, 0xF4, 0xFF])
+
+
+@st.composite
+def _jsonrpc_bodies(draw: st.DrawFn) -> bytes:
+    """Messages as clients send them (a method or not, repeated, of any type), written with or
+    without spaces and escapes, then sometimes damaged: a byte replaced, inserted or cut."""
+    message: dict[str, Any] = draw(st.dictionaries(st.sampled_from(["jsonrpc", "id", "params", "x"]), _JSON_VALUES))
+    method = draw(st.one_of(st.text(max_size=12), st.sampled_from(["tools/call", "ping"]), _JSON_VALUES))
+    pairs = list(message.items())
+    if draw(st.booleans()):
+        pairs.insert(draw(st.integers(0, len(pairs))), ("method", method))
+    if draw(st.integers(0, 5)) == 0:
+        pairs.append(("method", draw(_JSON_VALUES)))
+    ascii_only, spaced = draw(st.booleans()), draw(st.booleans())
+    separator = (", ", ": ") if spaced else (",", ":")
+    text = "{" + separator[0].join(
+        json.dumps(k, ensure_ascii=ascii_only) + separator[1] + json.dumps(v, ensure_ascii=ascii_only)
+        for k, v in pairs
+    ) + "}" + draw(st.sampled_from(["", " \r\n\t", "\x0b", " x"]))
+    raw = bytearray(text.encode("utf-8", "surrogatepass"))
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(1, max(1, len(raw))))
+        action = draw(st.sampled_from(["replace", "insert", "cut"]))
+        byte = draw(st.sampled_from(list(_JSON_NOISE)))
+        if action == "cut":
+            del raw[at:]
+        elif action == "insert":
+            raw[at:at] = bytes([byte])
+        elif at < len(raw):
+            raw[at] = byte
+    return bytes(raw)
+
+
+def _c_method_label() -> Callable[[bytes], str | None]:
+    import importlib.machinery
+
+    from mcpproxy import _jsonrpc
+
+    if not (_jsonrpc.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        pytest.skip("the C module is not built (pure Python)")
+    return _jsonrpc.method_label
+
+
+def _method_after_a_full_parse(raw: bytes) -> str:
+    from mcpproxy.jsonrpc import parse_body
+
+    body = parse_body(raw, strict=False)
+    assert isinstance(body.messages, list)  # parsed now: the method comes from the messages
+    return body.method
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_jsonrpc_bodies())
+@example(b'{"method":"tools/call"}')
+@example(b'{"method":"\\u0074ools"}')
+@example(b'{"meth\\u006fd":"x"}')
+@example(b'{"a":' + b"[" * 70 + b"]" * 70 + b',"method":"deep"}')
+@example(b'{"a":' + b"1" * 700 + b',"method":"big"}')
+@example(b'{"a":1.5e+3,"b":-0,"c":-Infinity,"d":NaN,"method":"m"}')
+@example(b'{"a":01,"method":"m"}')
+@example(b'{"a":1.,"method":"m"}')
+@example(b'{"method":"\xed\xa0\x80"}')
+@example(b'{"method":"\xc0\x80"}')
+def test_the_c_method_reader_agrees_with_json_loads(raw: bytes) -> None:
+    """The relay reads a lenient body's method in C, without parsing it; where the C reader
+    answers at all, it answers what a full parse (json.loads) makes of the body."""
+    label = _c_method_label()(raw)
+    assert label is None or label == _method_after_a_full_parse(raw)
+
+
+def test_the_c_method_reader_answers_for_the_common_bodies() -> None:
+    """It defers to the full parse only where it must (not a single message, an escaped method,
+    deep nesting, a huge integer): the common bodies, good or broken, it answers itself."""
+    read = _c_method_label()
+    assert read(b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{}}}') == (
+        "tools/call"
+    )
+    assert read(b'{"jsonrpc":"2.0","id":7,"result":{"content":[]}}') == "response"
+    assert read(b'{"jsonrpc":"2.0","method":"x","params":{"text":"a\\"b\\u00e9 \xc3\xa9"}} \n') == "x"
+    assert read(b'{"jsonrpc":"2.0","method":"x"') == "-"
+    assert read(b'{"jsonrpc":"2.0","method":"x","y":"\x01"}') == "-"
+    for deferred in (b'[{"method":"x"}]', b' {"method":"x"}', b'{"method":"\\u0078"}', b'{"a":' + b"[" * 65 + b"]" * 65 + b"}"):
+        assert read(deferred) is None
+        assert _method_after_a_full_parse(deferred) in ("batch", "x", "response")
+    with pytest.raises(TypeError):
+        read(bytearray(b"{}"))  # type: ignore[arg-type]
 
 
 def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
