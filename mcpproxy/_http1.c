@@ -136,12 +136,69 @@ static int append_new(PyObject *list, PyObject *item) {
     return failed;
 }
 
+/* Whether the name s[0:n] is `lower` (a lower-case name) in any case. */
+static int name_is(const unsigned char *s, Py_ssize_t n, const char *lower) {
+    if ((size_t)n != strlen(lower)) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (s[i] >= 'A' && s[i] <= 'Z') ? s[i] + 32 : s[i];
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+/* The field names MCP clients and servers send on every message, each as one str in lower case
+ * and one in the spelling most clients send: a name that is one of them takes these objects
+ * instead of two new strings. Built once, when the module is loaded; never changed. */
+static const char *const common_names[][2] = {
+    {"host", "Host"},
+    {"accept", "Accept"},
+    {"accept-encoding", "Accept-Encoding"},
+    {"authorization", "Authorization"},
+    {"connection", "Connection"},
+    {"content-length", "Content-Length"},
+    {"content-type", "Content-Type"},
+    {"user-agent", "User-Agent"},
+    {"mcp-protocol-version", "Mcp-Protocol-Version"},
+    {"mcp-session-id", "Mcp-Session-Id"},
+    {"last-event-id", "Last-Event-ID"},
+    {"x-llamastack-provider-data", "X-LlamaStack-Provider-Data"},
+    {"x-ogx-provider-data", "X-OGX-Provider-Data"},
+    {"traceparent", "traceparent"},
+    {"date", "Date"},
+    {"server", "Server"},
+    {"cache-control", "Cache-Control"},
+    {"transfer-encoding", "Transfer-Encoding"},
+};
+#define COMMON_NAMES (sizeof common_names / sizeof common_names[0])
+static PyObject *common_strs[COMMON_NAMES][2];
+static Py_ssize_t common_lengths[COMMON_NAMES];
+
+/* The index of the common name s[0:n] is (in any case), or -1. */
+static int common_name(const unsigned char *s, Py_ssize_t n) {
+    for (size_t i = 0; i < COMMON_NAMES; i++)
+        if (common_lengths[i] == n && name_is(s, n, common_names[i][0])) return (int)i;
+    return -1;
+}
+
+/* The name s[0:n] in lower case (its common str when it is a common name). */
+static PyObject *lower_name(const unsigned char *s, Py_ssize_t n, int common) {
+    return common >= 0 ? Py_NewRef(common_strs[common][0]) : ascii_lower(s, n);
+}
+
+/* The name s[0:n] as sent (a common str when it is spelt as one). */
+static PyObject *sent_name(const unsigned char *s, Py_ssize_t n, int common) {
+    for (int form = 0; common >= 0 && form < 2; form++)
+        if (memcmp(s, common_names[common][form], (size_t)n) == 0) return Py_NewRef(common_strs[common][form]);
+    return ascii_text(s, n);
+}
+
 /* The request's pieces of one line: its text, lower-case name, and (name, value). */
 static int add_request_line(const Line *line, PyObject *lines, PyObject *names, PyObject *pairs) {
     Py_ssize_t name_len = line->colon - line->start;
+    int common = common_name(line->start, name_len);
     if (append_new(lines, ascii_text(line->start, line->end - line->start)) < 0) return -1;
-    if (append_new(names, ascii_lower(line->start, name_len)) < 0) return -1;
-    PyObject *name = ascii_text(line->start, name_len);
+    if (append_new(names, lower_name(line->start, name_len, common)) < 0) return -1;
+    PyObject *name = sent_name(line->start, name_len, common);
     PyObject *value = ascii_text(line->value, line->value_end - line->value);
     PyObject *pair = (name != NULL && value != NULL) ? PyTuple_Pack(2, name, value) : NULL;
     Py_XDECREF(name);
@@ -154,7 +211,7 @@ static int add_response_line(const Line *line, PyObject *lines, PyObject *names)
     Py_ssize_t name_len = line->colon - line->start;
     PyObject *lower;
     if (line->name_ascii) {
-        lower = ascii_lower(line->start, name_len);
+        lower = lower_name(line->start, name_len, common_name(line->start, name_len));
     } else {
         PyObject *name = latin1_text(line->start, name_len);
         lower = name != NULL ? PyObject_CallMethod(name, "lower", NULL) : NULL;
@@ -175,16 +232,6 @@ static PyObject *relayed_method(const unsigned char *s, Py_ssize_t n) {
         if ((size_t)n == strlen(method_bytes[i]) && memcmp(s, method_bytes[i], (size_t)n) == 0)
             return method_names[i];
     return NULL;
-}
-
-/* Whether the name s[0:n] is `lower` (a lower-case name) in any case. */
-static int name_is(const unsigned char *s, Py_ssize_t n, const char *lower) {
-    if ((size_t)n != strlen(lower)) return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (s[i] >= 'A' && s[i] <= 'Z') ? s[i] + 32 : s[i];
-        if (c != (unsigned char)lower[i]) return 0;
-    }
-    return 1;
 }
 
 /* Whether s[0:n] holds "close" in any case (Connection: close, also within a list). */
@@ -491,10 +538,18 @@ static struct PyModuleDef module = {
     NULL,
 };
 
+static int intern(PyObject **str, const char *text) {
+    return *str != NULL || (*str = PyUnicode_InternFromString(text)) != NULL ? 0 : -1;
+}
+
 PyMODINIT_FUNC PyInit__http1(void) {
     init_classes();
     for (int i = 0; i < 3; i++)
-        if (method_names[i] == NULL && (method_names[i] = PyUnicode_InternFromString(method_bytes[i])) == NULL)
-            return NULL;
+        if (intern(&method_names[i], method_bytes[i]) < 0) return NULL;
+    for (size_t i = 0; i < COMMON_NAMES; i++) {
+        common_lengths[i] = (Py_ssize_t)strlen(common_names[i][0]);
+        for (int form = 0; form < 2; form++)
+            if (intern(&common_strs[i][form], common_names[i][form]) < 0) return NULL;
+    }
     return PyModule_Create(&module);
 }

@@ -275,10 +275,9 @@ class ChunkDecoder(ChunkScanner):
 
 
 def encode_lines(start_line: str, lines: list[str]) -> bytes:
-    """A message head on the wire from its field lines ("Name: value", already checked)."""
-    if not lines:
-        return (start_line + "\r\n\r\n").encode("latin-1")
-    return (start_line + "\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    """A message head on the wire from its field lines ("Name: value", already checked): one
+    join (a ~1 KB token is copied once, and once more to bytes)."""
+    return "\r\n".join([start_line, *lines, "", ""]).encode("latin-1")
 
 
 def safe_value(value: str) -> bool:

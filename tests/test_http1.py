@@ -433,7 +433,10 @@ def test_c_request_head_reads_a_served_head_whole() -> None:
     parts = c.request_head(block)
     assert parts == _REFERENCE.request_head(block)
     assert parts is not None and parts[:2] == ("POST", "/mcp") and parts[5:] == (12, False, "h:1")
-    assert parts[0] is c.request_head(block)[0]  # the method is one shared str
+    again = c.request_head(block)
+    assert again is not None and parts[0] is again[0]  # the method is one shared str
+    assert parts[3][0] is again[3][0] and parts[4][0][0] is again[4][0][0]  # so are common names
+    assert parts[4][1][0] == "content-length" and parts[4][3][0] == "X-A"  # as sent, whatever the case
     assert c.find_head_end(bytearray(block + b"body")) == len(block)
     assert c.find_head_end(block[:-1]) == -1
 
