@@ -128,7 +128,7 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in allowed and lower not in dropped:
             out.add(name, value)
-    for line in _forwarding(incoming, client_ip, scheme, host, request_id):
+    for line in _forwarding(_prior_hops(incoming), client_ip, scheme, host, request_id):
         name, _, value = line.partition(": ")
         out[name] = value
     return out
@@ -156,14 +156,19 @@ def upstream_request_lines(
     if replaced is not None and replaced.lower() in allowed:
         dropped = dropped | {replaced.lower()}
     out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
-    out += _forwarding(incoming, client_ip, scheme, host, request_id)
+    prior = _prior_hops(incoming) if "x-forwarded-for" in names else ""
+    out += _forwarding(prior, client_ip, scheme, host, request_id)
     return out
 
 
-def _forwarding(incoming: Headers, client_ip: str, scheme: str, host: str, request_id: str) -> list[str]:
+def _prior_hops(incoming: Headers) -> str:
+    return ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
+
+
+def _forwarding(prior: str, client_ip: str, scheme: str, host: str, request_id: str) -> list[str]:
     """The field lines the proxy sets on every upstream request, in place of any the caller sent
-    (as lines: the relay's form, on every request; the multidict form splits them again)."""
-    prior = ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
+    (as lines: the relay's form, on every request; the multidict form splits them again).
+    ``prior``: the caller's own X-Forwarded-For, the hops before it."""
     lines = [
         "X-Forwarded-For: " + (f"{prior}, {client_ip}" if prior else client_ip),
         "X-Forwarded-Proto: " + scheme,

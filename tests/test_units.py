@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import pickle
 import re
@@ -458,7 +457,7 @@ def test_request_ids_are_16_hex_digits_a_prefix_and_a_counter(monkeypatch: pytes
     assert len(set(ids)) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid in ids)
     assert len({rid[:8] for rid in ids}) == 1
-    monkeypatch.setattr(requestid, "_counter", itertools.count(0xFFFFFFFE))
+    monkeypatch.setattr(requestid._IDS, "next", 0xFFFFFFFE)
     assert [requestid.new_request_id()[8:] for _ in range(3)] == ["fffffffe", "ffffffff", "00000000"]
 
 

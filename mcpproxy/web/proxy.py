@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from mcpproxy import logs, prm
 from mcpproxy.audit import AuditLog
 from mcpproxy.audit import record as audit_record
-from mcpproxy.config.model import RouteSettings
+from mcpproxy.config.model import RouteSettings, SubjectSource
 from mcpproxy.credentials import (
     RequestView,
     Subject,
@@ -102,6 +102,10 @@ class RouteRuntime:
     public_host: str | None = None
     #: A subject source reads ``params._meta``, so POST bodies must parse as JSON-RPC.
     reads_meta: bool = False
+    #: ``settings.auth.subject`` and ``settings.path``, read on every request: here one native
+    #: attribute each, where compiled code looks a config dataclass's attributes up by name.
+    subject_sources: tuple[SubjectSource, ...] = ()
+    path: str = ""
 
     @classmethod
     def create(
@@ -145,6 +149,8 @@ class RouteRuntime:
             fallback=fallback,
             public_host=urlsplit(route.public_url).netloc if route.public_url else None,
             reads_meta=route.auth.reads_body,
+            subject_sources=route.auth.subject,
+            path=route.path,
         )
 
     def parse(self, raw: bytes) -> Body:
@@ -369,15 +375,19 @@ class ProxyHandler:
     ) -> Subject | None:
         """The caller's credential, after refusing smuggled, duplicate or conflicting ones (the
         first step of :meth:`prepare`; the relay runs the steps itself, waiting only if it must)."""
-        route = runtime.settings
         check_credential_headers(incoming.headers, runtime.credential_names, self.max_credential)
         subject = None
-        if route.auth.subject:
+        sources = runtime.subject_sources
+        if sources:
             view = RequestView(
-                incoming.headers, runtime.public_host or incoming.host, route.path, body, self.max_credential
+                incoming.headers,
+                runtime.public_host or incoming.host,
+                runtime.path,
+                body,
+                self.max_credential,
             )
-            subject = resolve_subject(route.auth.subject, view)
-            if body is not None and runtime.reads_meta and strip_meta_credentials(body, route.auth.subject):
+            subject = resolve_subject(sources, view)
+            if body is not None and runtime.reads_meta and strip_meta_credentials(body, sources):
                 body.raw = body.serialize()
         outcome.subject = subject
         return subject

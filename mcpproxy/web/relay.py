@@ -60,7 +60,7 @@ from mcpproxy.web.watchdog import Watchdog
 from mcpproxy.web.writes import Outlet, WriteBatch
 
 if TYPE_CHECKING:
-    from mcpproxy.web.app import Live
+    from mcpproxy.web.app import Live, ProxyState
 
 log = structlog.get_logger("mcpproxy.relay")
 
@@ -72,16 +72,43 @@ KEEPALIVE_S = 75.0
 _MAX_PENDING = 1024 * 1024
 
 
+class _Served:
+    """What the relay reads of the state serving requests, on every request: looked up once a
+    state. (The state and its config are interpreted objects; compiled code looks each of their
+    attributes up by name, nine a request.)"""
+
+    __slots__ = ("handler", "max_body", "max_header_bytes", "state")
+
+    def __init__(self, state: ProxyState | None) -> None:
+        self.state = state
+        #: None: nothing the relay serves (no state yet, or ``server.fast_path: false``).
+        self.handler: ProxyHandler | None = None
+        self.max_header_bytes = self.max_body = 0
+        if state is not None:
+            server = state.config.server
+            self.handler = state.handler if server.fast_path else None
+            self.max_header_bytes = server.max_header_bytes
+            self.max_body = min(SMALL_BODY, server.max_body_bytes)
+
+
 class Relay:
     """What the caller connections of one listening server share."""
 
     def __init__(self, live: Live, handover: Callable[[], asyncio.Protocol]) -> None:
         self.live = live
+        self._served = _Served(None)
         self.handover = handover
         self.connections: set[CallerConnection] = set()
         self.closing = False
         #: The writes of every connection, caller and upstream, sent at the end of each loop iteration.
         self.writes = WriteBatch(asyncio.get_running_loop())
+
+    def served(self) -> _Served:
+        """What the state now serving requests says about serving one (a reload makes a new one)."""
+        state = self.live.current
+        if state is not self._served.state:
+            self._served = _Served(state)
+        return self._served
 
     def close_idle(self) -> None:
         """Stop taking requests: idle connections close now, busy ones after their answer."""
@@ -237,20 +264,19 @@ class CallerConnection(asyncio.Protocol):
         head and a small body.
         """
         buffer = self._buffer
-        state = self._relay.live.current
-        if state is None or not state.config.server.fast_path or self._relay.closing:
+        served = self._relay.served()
+        if served.handler is None or self._relay.closing:
             self._hand_over()
             return
-        server = state.config.server
         head_end = find_head_end(buffer)
         if head_end < 0:
-            if len(buffer) > server.max_header_bytes or not _may_be_relayed(buffer):
+            if len(buffer) > served.max_header_bytes or not _may_be_relayed(buffer):
                 self._hand_over()
             return
-        head = parse_request_head(bytes(buffer[:head_end])) if head_end <= server.max_header_bytes else None
+        head = parse_request_head(bytes(buffer[:head_end])) if head_end <= served.max_header_bytes else None
         if (
             head is None
-            or head.content_length > min(SMALL_BODY, server.max_body_bytes)
+            or head.content_length > served.max_body
             or (head.method != "POST" and head.content_length)
         ):
             self._hand_over()
@@ -258,7 +284,7 @@ class CallerConnection(asyncio.Protocol):
         if len(buffer) < head_end + head.content_length:
             return  # the body is still arriving
         request = self._admissible(
-            head, state.handler, bytes(buffer[head_end : head_end + head.content_length])
+            head, served.handler, bytes(buffer[head_end : head_end + head.content_length])
         )
         if request is None:
             self._hand_over()
