@@ -309,16 +309,27 @@ static PyObject *head_result(PyObject *method, const unsigned char *target, cons
     return result;
 }
 
-static PyObject *request_head(PyObject *module, PyObject *block) {
+/* A head's bytes (p to end) and the end of its first line: 1, or 0 when it does not end with
+ * the blank line, or -1 (TypeError) when it is not bytes. */
+static int head_bounds(PyObject *block, const unsigned char **p, const unsigned char **end,
+                       const unsigned char **line_end) {
     if (!PyBytes_Check(block)) {
         PyErr_SetString(PyExc_TypeError, "the head must be bytes");
-        return NULL;
+        return -1;
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(block);
-    const unsigned char *end = p + PyBytes_GET_SIZE(block);
-    if (end - p < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0) Py_RETURN_NONE;
-    const unsigned char *line_end = p;
-    while (!(line_end[0] == '\r' && line_end[1] == '\n')) line_end++; /* stops at the end's CRLF */
+    *p = (const unsigned char *)PyBytes_AS_STRING(block);
+    *end = *p + PyBytes_GET_SIZE(block);
+    if (*end - *p < 4 || memcmp(*end - 4, "\r\n\r\n", 4) != 0) return 0;
+    const unsigned char *at = *p;
+    while (!(at[0] == '\r' && at[1] == '\n')) at++; /* stops at the end's CRLF */
+    *line_end = at;
+    return 1;
+}
+
+static PyObject *request_head(PyObject *module, PyObject *block) {
+    const unsigned char *p, *end, *line_end;
+    int bounds = head_bounds(block, &p, &end, &line_end);
+    if (bounds <= 0) return bounds < 0 ? NULL : Py_NewRef(Py_None);
     const unsigned char *target, *target_end;
     PyObject *method = request_line(p, line_end, &target, &target_end);
     const unsigned char *field = line_end + 2, *fields_end = end - 4;
@@ -484,15 +495,9 @@ static PyObject *response_result(int status, const unsigned char *reason, const 
 }
 
 static PyObject *response_head(PyObject *module, PyObject *block) {
-    if (!PyBytes_Check(block)) {
-        PyErr_SetString(PyExc_TypeError, "the head must be bytes");
-        return NULL;
-    }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(block);
-    const unsigned char *end = p + PyBytes_GET_SIZE(block);
-    if (end - p < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0) return PyUnicode_FromString("malformed header field");
-    const unsigned char *line_end = p;
-    while (!(line_end[0] == '\r' && line_end[1] == '\n')) line_end++; /* stops at the end's CRLF */
+    const unsigned char *p, *end, *line_end;
+    int bounds = head_bounds(block, &p, &end, &line_end);
+    if (bounds <= 0) return bounds < 0 ? NULL : PyUnicode_FromString("malformed header field");
     for (const unsigned char *c = p; c < line_end; c++)
         if (*c == '\r' || *c == '\n') return PyUnicode_FromString("malformed header field");
     int status = status_code(p, line_end);
