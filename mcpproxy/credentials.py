@@ -188,9 +188,9 @@ def _strip_prefix(value: str, source: HeaderSource) -> str:
 #: The callers' credentials already found well formed, each as the one :class:`Secret` every
 #: request that sends it gets: a caller sends the same token request after request, and the
 #: format check and the SHA-256 of the cache key (:meth:`Secret.digest`, computed once a secret)
-#: were a tenth of a relayed exchange request. Bounded (emptied when full), like the token
+#: cost about 1.3 µs of every relayed exchange request. Bounded (emptied when full), like the token
 #: cache it feeds, and holding only what callers keep sending: a token is no more valid for being
-#: here (validity is the verifier's and the token endpoint's to judge, every request).
+#: here (validity is the verifier's and the token endpoint's to judge).
 _SECRETS: Final[dict[str, Secret]] = {}
 _MAX_SECRETS: Final = 512
 
