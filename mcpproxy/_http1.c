@@ -234,10 +234,11 @@ static PyObject *relayed_method(const unsigned char *s, Py_ssize_t n) {
     return NULL;
 }
 
-/* Whether s[0:n] holds "close" in any case (Connection: close, also within a list). */
-static int holds_close(const unsigned char *s, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i + 5 <= n; i++)
-        if (name_is(s + i, 5, "close")) return 1;
+/* Whether s[0:n] holds `lower` in any case ("close" in Connection: close, also within a list). */
+static int holds(const unsigned char *s, Py_ssize_t n, const char *lower) {
+    Py_ssize_t k = (Py_ssize_t)strlen(lower);
+    for (Py_ssize_t i = 0; i + k <= n; i++)
+        if (name_is(s + i, k, lower)) return 1;
     return 0;
 }
 
@@ -259,7 +260,7 @@ static void note_field(const Line *line, PyObject *pairs, Facts *facts) {
         facts->length = line->value;
         facts->length_end = line->value_end;
     } else if (name_is(name, n, "connection")) {
-        facts->close |= holds_close(line->value, line->value_end - line->value);
+        facts->close |= holds(line->value, line->value_end - line->value, "close");
     } else if (name_is(name, n, "transfer-encoding") || name_is(name, n, "expect") ||
                name_is(name, n, "upgrade") || name_is(name, n, "http2-settings")) {
         facts->refused = 1;
@@ -382,13 +383,6 @@ typedef struct {
     const unsigned char *length, *length_end; /* the first Content-Length value */
     const unsigned char *media, *media_end;   /* the first Content-Type value */
 } FramingFields;
-
-static int holds(const unsigned char *s, Py_ssize_t n, const char *lower) {
-    Py_ssize_t k = (Py_ssize_t)strlen(lower);
-    for (Py_ssize_t i = 0; i + k <= n; i++)
-        if (name_is(s + i, k, lower)) return 1;
-    return 0;
-}
 
 static void note_framing(const Line *line, FramingFields *f) {
     const unsigned char *name = line->start, *v = line->value, *v_end = line->value_end;
@@ -534,7 +528,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "mcpproxy._http1",
-    "The header field splitters of mcpproxy.http1, in C.",
+    "The request and response head parsers of mcpproxy.http1, in C.",
     0,
     methods,
     NULL,
