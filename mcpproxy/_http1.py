@@ -126,12 +126,13 @@ def request_head(block: bytes) -> RequestHeadParts | None:
     lines, names, pairs = fields
     if not _NOT_RELAYED.isdisjoint(names) or names.count("host") != 1:
         return None
-    lengths = _values(names, pairs, "content-length")
+    values = [value for _, value in pairs]
+    lengths = _named(names, values, "content-length")
     if len(lengths) > 1 or (lengths and not _decimal(lengths[0])):
         return None
-    keep_alive = "close" not in ",".join(_values(names, pairs, "connection")).lower()
+    keep_alive = "close" not in ",".join(_named(names, values, "connection")).lower()
     length = int(lengths[0]) if lengths else 0
-    host = _values(names, pairs, "host")[0]
+    host = _named(names, values, "host")[0]
     return parts[0].decode(), parts[1].decode(), lines, names, pairs, length, keep_alive, host
 
 
@@ -141,8 +142,9 @@ def find_head_end(data: bytes | bytearray) -> int:
     return end + 4 if end >= 0 else -1
 
 
-def _values(names: list[str], pairs: list[tuple[str, str]], name: str) -> list[str]:
-    return [pair[1] for lower, pair in zip(names, pairs, strict=True) if lower == name]
+def _named(names: list[str], values: list[str], name: str) -> list[str]:
+    """The values of the fields called ``name`` (lower case), in order."""
+    return [value for lower, value in zip(names, values, strict=True) if lower == name]
 
 
 def _decimal(value: str) -> bool:
@@ -167,7 +169,7 @@ def response_head(block: bytes) -> ResponseHeadParts | str:
         or (rest and rest[0] != " ")
     ):
         return "malformed status line"
-    fields = _response_fields(block[line_end + 2 : -4]) if len(block) > line_end + 4 else ([], [], [])
+    fields = _response_fields(block[line_end + 2 : -4])  # b"" when there is no field
     if fields is None:
         return "malformed header field"
     lines, names, values = fields
@@ -182,10 +184,10 @@ def _frame(
     status: int, names: list[str], values: list[str], http11: bool
 ) -> tuple[int, int, bool, str] | str:
     """Framing, length, reuse and media type (after RFC 9112 section 6.3), or what is wrong."""
-    lengths = [v for n, v in zip(names, values, strict=True) if n == "content-length"]
-    codings = [v for n, v in zip(names, values, strict=True) if n == "transfer-encoding"]
-    options = ",".join(v for n, v in zip(names, values, strict=True) if n == "connection").lower()
-    types = [v for n, v in zip(names, values, strict=True) if n == "content-type"]
+    lengths = _named(names, values, "content-length")
+    codings = _named(names, values, "transfer-encoding")
+    options = ",".join(_named(names, values, "connection")).lower()
+    types = _named(names, values, "content-type")
     keep_alive = ("close" not in options) if http11 else ("keep-alive" in options)
     content_type = types[0].partition(";")[0].strip().lower() if types else ""
     if status < 200 or status in (204, 304):
