@@ -147,7 +147,7 @@ def encode_access(entry: AccessEntry, timestamp: str) -> str:
     if entry.credential_source:
         parts.append(',"credential_source":' + _quoted(entry.credential_source))
     if entry.subject_fingerprint:
-        parts.append(',"subject_fingerprint":' + _json_str(entry.subject_fingerprint))
+        parts.append(',"subject_fingerprint":' + _quoted(entry.subject_fingerprint))
     if entry.sub:
         parts.append(',"sub":' + _json_str(entry.sub))
     if entry.error:
@@ -165,13 +165,18 @@ def _quoted(text: str) -> str:
 
 def _millis(value: float) -> str:
     """Milliseconds with three decimals, as ``"%.3f" % value`` writes them (but for a rare last
-    digit on an exact half), from integers: formatting a float is several times the cost."""
+    digit on an exact half), from integers and the digit tables: formatting a float, or an
+    integer, is several times the cost."""
     if value < 0:
         return "%.3f" % value  # noqa: UP031 - not met: durations come from a monotonic clock
-    digits = str(int(value * 1000 + 0.5))
-    if len(digits) < 4:
-        digits = ("000" + digits)[-4:]
-    return f"{digits[:-3]}.{digits[-3:]}"
+    thousandths = int(value * 1000 + 0.5)
+    whole = thousandths // 1000
+    return f"{_DIGITS[whole] if whole < 1000 else str(whole)}.{_THREE[thousandths % 1000]}"
+
+
+#: 0 to 999 as decimal text, and as three digits with leading zeros ("000" to "999").
+_DIGITS: Final = tuple(str(n) for n in range(1000))
+_THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
 def access(entry: AccessEntry) -> None:
@@ -193,18 +198,31 @@ def access(entry: AccessEntry) -> None:
             flush()
 
 
-_second: tuple[int, str] = (0, "")
+class _Clock:
+    """The second the access lines are in, and its text (attributes of a compiled class: a
+    module global is a dictionary lookup, even compiled)."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.text = ""
+
+
+_CLOCK: Final = _Clock()
+_now: Final = time.time
 
 
 def _timestamp() -> str:
     """Now in ISO 8601 UTC with microseconds, as structlog writes it; the part up to the
-    seconds is formatted once a second, the microseconds from an integer (see _millis)."""
-    global _second
-    now = time.time()
+    seconds is formatted once a second, the microseconds from the digit table (see _millis)."""
+    now = _now()
     whole = int(now)
-    if _second[0] != whole:
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{str(1_000_000 + int((now - whole) * 1_000_000))[1:]}Z"
+    clock = _CLOCK
+    if clock.second != whole:
+        clock.second, clock.text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    micros = int((now - whole) * 1_000_000)
+    return f"{clock.text}.{_THREE[micros // 1000]}{_THREE[micros % 1000]}Z"
 
 
 def flush() -> None:
