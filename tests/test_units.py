@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import pickle
@@ -15,6 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from mcpproxy import metrics as metrics_module
 from mcpproxy import requestid
 from mcpproxy.errors import ProxyError
 from mcpproxy.headers import (
@@ -26,7 +28,7 @@ from mcpproxy.headers import (
 )
 from mcpproxy.http1 import parse_response_head
 from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
-from mcpproxy.metrics import Registry
+from mcpproxy.metrics import DEFAULT_BUCKETS, Registry
 from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
@@ -143,7 +145,12 @@ def test_remembered_credentials_are_still_checked_against_each_route() -> None:
         for _ in range(2):
             with pytest.raises(ProxyError, match="whitespace or control"):
                 resolve(bad, 4096)
-        assert bad not in credentials._SECRETS
+        assert all(known.reveal() != bad for known in credentials._SECRETS.values())
+    # tokens that end alike share the memo's slot, never a Secret
+    twins = ["eyJ" + first_part + "." + "s" * 40 for first_part in ("a" * 300, "b" * 300)]
+    for _ in range(2):
+        subjects = [resolve(twin, 4096) for twin in twins]
+        assert [s.token.reveal() for s in subjects if s is not None] == twins
     for i in range(credentials._MAX_SECRETS + 10):
         subject = resolve(f"token-{i}", 4096)
         assert subject is not None and subject.token.reveal() == f"token-{i}"
@@ -190,6 +197,14 @@ def test_metrics_render() -> None:
     )
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.005"} 1' in text
     assert 'mcpproxy_upstream_latency_seconds_bucket{route="a",le="0.001"} 0' in text
+
+
+@given(st.floats(min_value=-1, max_value=20, allow_nan=False))
+@example(0.001)
+@example(10.0)
+@example(10.5)
+def test_histogram_bucket_is_the_one_bisect_finds(value: float) -> None:
+    assert metrics_module._bucket(DEFAULT_BUCKETS, value) == bisect.bisect_left(DEFAULT_BUCKETS, value)
 
 
 def test_metrics_positional_labels_count_with_the_keyword_form() -> None:
