@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import istr
 
 from mcpproxy.http1 import (
     ChunkDecoder,
@@ -436,6 +437,7 @@ def test_c_request_head_reads_a_served_head_whole() -> None:
     again = c.request_head(block)
     assert again is not None and parts[0] is again[0]  # the method is one shared str
     assert parts[3][0] is again[3][0] and parts[4][0][0] is again[4][0][0]  # so are common names
+    assert isinstance(parts[4][0][0], istr) and not isinstance(parts[3][0], istr)  # pairs' fold themselves
     assert parts[4][1][0] == "content-length" and parts[4][3][0] == "X-A"  # as sent, whatever the case
     assert c.find_head_end(bytearray(block + b"body")) == len(block)
     assert c.find_head_end(block[:-1]) == -1
