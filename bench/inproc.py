@@ -229,7 +229,7 @@ async def _loop_once(config_path: Path, raw: bytes, requests: int) -> None:
     logs.configure("info", io.StringIO())
     tune_gc()
     config = yaml.safe_load(config_path.read_text())
-    served = await _serve("ir", config, config_path.parent)
+    served = await _serve(f"{config_path.stem}.ir", config, config_path.parent)  # runs side by side
     try:
         for _ in range(20):
             await _request(served, raw)
