@@ -12,10 +12,11 @@ from urllib.parse import unquote, urlsplit
 
 from mcpproxy.config.model import RouteSettings
 from mcpproxy.errors import ProxyError, bad_request
+from mcpproxy.expiring import remember
 
 
 class Match:
-    """A request target's route."""
+    """A request target's route (shared by the requests with the same target: never changed)."""
 
     __slots__ = ("query", "remainder", "route", "upstream_url")
 
@@ -32,12 +33,25 @@ class RouteTable:
         self._routes = sorted(routes, key=lambda r: len(r.path), reverse=True)
         self._exact = {r.path: r for r in routes}
         self.by_name = {r.name: r for r in routes}
+        #: Targets already matched: a client sends the same target request after request, and
+        #: a lookup costs a tenth of the check and the match. Bounded, so varied targets (a
+        #: query per session) cannot grow it.
+        self._known: dict[str, Match] = {}
 
     def match(self, raw_target: str) -> Match | None:
         """The route for ``raw_target`` (origin-form path plus query), or None for an unknown path.
 
         Raises a 400 :class:`ProxyError` for targets that try to escape their route.
         """
+        known = self._known.get(raw_target)
+        if known is not None:
+            return known
+        found = self._match(raw_target)
+        if found is not None:
+            remember(self._known, raw_target, found, _MAX_KNOWN)
+        return found
+
+    def _match(self, raw_target: str) -> Match | None:
         path, _, query = raw_target.partition("?")
         if path not in _CHECKED:
             check_target(path)
@@ -59,6 +73,7 @@ class RouteTable:
 #: varied paths cannot grow it.
 _CHECKED: Final[set[str]] = set()
 _MAX_CHECKED: Final = 1024
+_MAX_KNOWN: Final = 1024
 
 
 def check_target(path: str) -> None:

@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from mcpproxy import metrics as metrics_module
 from mcpproxy import requestid
+from mcpproxy.config import parse_config
 from mcpproxy.errors import ProxyError
 from mcpproxy.headers import (
     downstream_response_headers,
@@ -29,7 +30,7 @@ from mcpproxy.headers import (
 from mcpproxy.http1 import parse_response_head
 from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
 from mcpproxy.metrics import DEFAULT_BUCKETS, Registry
-from mcpproxy.routing import check_target, rewrite_endpoint, upstream_url
+from mcpproxy.routing import RouteTable, check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 
@@ -81,6 +82,27 @@ def test_check_target_refuses(path: str) -> None:
     with pytest.raises(ProxyError) as info:
         check_target(path)
     assert info.value.status == 400
+
+
+def test_route_table_remembers_matches_but_not_refusals() -> None:
+    routes = "routes:\n  - {name: a, path: /a/mcp, upstream: 'http://127.0.0.1:1/up'}\n"
+    table = RouteTable(parse_config(routes, {}).routes)
+    first = table.match("/a/mcp?x=1")
+    assert first is not None and (first.route.name, first.query, first.upstream_url) == (
+        "a",
+        "x=1",
+        "http://127.0.0.1:1/up?x=1",
+    )
+    assert table.match("/a/mcp?x=1") is first  # the same target: the same (never changed) match
+    other = table.match("/a/mcp/messages/?x=2")
+    assert other is not None and other.upstream_url == "http://127.0.0.1:1/up/messages/?x=2"
+    assert table.match("/b/mcp") is None and table.match("/b/mcp") is None
+    for _ in range(2):
+        with pytest.raises(ProxyError):
+            table.match("/a/mcp/../x")
+    for i in range(3000):  # varied targets: the memo stays bounded
+        assert table.match(f"/a/mcp?session={i}") is not None
+    assert len(table._known) <= 1024
 
 
 def test_upstream_url_joins() -> None:
