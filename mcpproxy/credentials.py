@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+from multidict import istr
+
 from mcpproxy.config.model import (
     AuthorizationSource,
     AuthSettings,
@@ -59,11 +61,13 @@ class RequestView:
 
 
 def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> frozenset[str]:
-    """Every header that may carry a caller credential on this route — all removed before forwarding."""
+    """Every header that may carry a caller credential on this route — all removed before
+    forwarding. As istrs: a multidict folds the case of a str at every lookup, an istr carries
+    its folded form (:func:`check_credential_headers` looks up each of them on every request)."""
     names = set(CREDENTIAL_HEADERS) | {e.lower() for e in extra} | set(auth.strip_headers)
     for source in auth.subject:
         names.update(source.header_names)
-    return frozenset(names)
+    return frozenset(istr(name) for name in names)
 
 
 def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes: int) -> None:
