@@ -151,13 +151,30 @@ def upstream_request_lines(
     whole. ``replaced`` names a field the caller adds next (the upstream credential's), which
     no line of the caller's may then carry."""
     dropped = _PROXY_SET if host else _PROXY_SET_NO_HOST
-    if "connection" in names:
-        dropped = dropped | connection_named(incoming)
     if replaced is not None and replaced.lower() in allowed:
         dropped = dropped | {replaced.lower()}
-    out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
-    prior = _prior_hops(incoming) if "x-forwarded-for" in names else ""
+    out = _kept_lines(names, lines, allowed, dropped)
+    if out is None:  # a Connection field: the names it lists go too
+        dropped = dropped | connection_named(incoming)
+        out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
+    prior = _prior_hops(incoming) if X_FORWARDED_FOR in incoming else ""
     out += _forwarding(prior, client_ip, scheme, host, request_id)
+    return out
+
+
+def _kept_lines(
+    names: list[str], lines: list[str], allowed: frozenset[str], dropped: frozenset[str]
+) -> list[str] | None:
+    """The lines whose names are allowed and not dropped; None when a ``Connection`` field is
+    among them (looked for in the same pass: ``"connection" in names`` compared every name;
+    ``allowed`` never holds it, a hop-by-hop field)."""
+    out = []
+    for i, name in enumerate(names):
+        if name in allowed:
+            if name not in dropped:
+                out.append(lines[i])
+        elif name == "connection":
+            return None
     return out
 
 
