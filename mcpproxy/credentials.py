@@ -60,17 +60,18 @@ class RequestView:
         self.max_bytes = max_bytes
 
 
-def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> frozenset[str]:
+def credential_header_names(auth: AuthSettings, extra: Iterable[str] = ()) -> tuple[str, ...]:
     """Every header that may carry a caller credential on this route — all removed before
     forwarding. As istrs: a multidict folds the case of a str at every lookup, an istr carries
-    its folded form (:func:`check_credential_headers` looks up each of them on every request)."""
+    its folded form (:func:`check_credential_headers` looks up each of them on every request);
+    in a tuple, which compiled code walks without an iterator."""
     names = set(CREDENTIAL_HEADERS) | {e.lower() for e in extra} | set(auth.strip_headers)
     for source in auth.subject:
         names.update(source.header_names)
-    return frozenset(istr(name) for name in names)
+    return tuple(istr(name) for name in sorted(names))
 
 
-def check_credential_headers(headers: Headers, names: frozenset[str], max_bytes: int) -> None:
+def check_credential_headers(headers: Headers, names: tuple[str, ...], max_bytes: int) -> None:
     """Refuse duplicates and malformed values of credential headers, whether or not they are used.
 
     Looked up by name (``names`` are lower case; the multidict's lookups ignore case), a handful

@@ -18,10 +18,11 @@ from mcpproxy.expiring import remember
 class Match:
     """A request target's route (shared by the requests with the same target: never changed)."""
 
-    __slots__ = ("query", "remainder", "route", "upstream_url")
+    __slots__ = ("name", "query", "remainder", "route", "upstream_url")
 
     def __init__(self, route: RouteSettings, remainder: str, query: str, upstream_url: str) -> None:
         self.route = route
+        self.name = route.name  # read on every request: a native attribute, not the dataclass's
         self.remainder = remainder  # "" or "/…": the part after the route path, raw (percent-encoded)
         self.query = query  # raw query string without "?"
         self.upstream_url = upstream_url

@@ -86,7 +86,7 @@ class RouteRuntime:
     #: The relay's keep-alive connections to the upstream (:mod:`mcpproxy.web.relay`).
     pool: UpstreamPool
     allowed: frozenset[str]
-    credential_names: frozenset[str]
+    credential_names: tuple[str, ...]
     in_flight: int = 0
     verifier: TokenVerifier | None = None
     policy: Policy | None = None
@@ -102,10 +102,15 @@ class RouteRuntime:
     public_host: str | None = None
     #: A subject source reads ``params._meta``, so POST bodies must parse as JSON-RPC.
     reads_meta: bool = False
-    #: ``settings.auth.subject`` and ``settings.path``, read on every request: here one native
+    #: Settings read on every request (``auth.subject``, ``path``, ``name``, ``max_connections``,
+    #: ``relay_set_cookie``; ``latency_key``: the name as a metrics label key): here one native
     #: attribute each, where compiled code looks a config dataclass's attributes up by name.
     subject_sources: tuple[SubjectSource, ...] = ()
     path: str = ""
+    name: str = ""
+    latency_key: tuple[str, ...] = ()
+    max_connections: int = 0
+    relay_set_cookie: bool = False
 
     @classmethod
     def create(
@@ -151,6 +156,10 @@ class RouteRuntime:
             reads_meta=route.auth.reads_body,
             subject_sources=route.auth.subject,
             path=route.path,
+            name=route.name,
+            latency_key=(route.name,),
+            max_connections=route.max_connections,
+            relay_set_cookie=route.relay_set_cookie,
         )
 
     def parse(self, raw: bytes) -> Body:
@@ -421,8 +430,8 @@ class ProxyHandler:
 
     def admit(self, runtime: RouteRuntime) -> None:
         """Count the request against its route's concurrency limit (release: ``in_flight -= 1``)."""
-        if runtime.in_flight >= runtime.settings.max_connections:
-            self.metrics.upstream_errors.inc(route=runtime.settings.name, kind="limit")
+        if runtime.in_flight >= runtime.max_connections:
+            self.metrics.upstream_errors.inc(route=runtime.name, kind="limit")
             raise ProxyError(
                 503, "too many concurrent requests for this route", reason="route_busy", retry_after=1
             )
@@ -608,8 +617,8 @@ class ProxyHandler:
         more fields to drop (then through the multidict)."""
         lines = None
         if head.status not in (401, 403):
-            relay_set_cookie = runtime.settings.relay_set_cookie
-            lines = downstream_response_lines(head.names, head.lines, relay_set_cookie=relay_set_cookie)
+            cookies = runtime.relay_set_cookie
+            lines = downstream_response_lines(head.names, head.lines, relay_set_cookie=cookies)
         if lines is None:
             headers = self.answer_headers(head.headers, head.status, incoming, runtime, request_id)
             return field_lines(headers.items())

@@ -169,7 +169,7 @@ class _Request:
             "http",
             head.content_length > 0,
         )
-        self.outcome = Outcome(route=runtime.settings.name, via="relay")
+        self.outcome = Outcome(route=runtime.name, via="relay")
         self.prepared: Prepared | None = None
         self.admitted = False
         self.attempt = 1
@@ -304,7 +304,7 @@ class CallerConnection(asyncio.Protocol):
             return None
         if match is None:
             return None
-        runtime = handler.runtimes[match.route.name]
+        runtime = handler.runtimes[match.name]
         if head.method == "GET" and runtime.policy is not None:
             return None  # list results on the stream are filtered: aiohttp's path does that
         request = _Request(head, handler, match, runtime, self._remote)
@@ -635,13 +635,12 @@ class _Exchange(ResponseSink):
             self._conn.abort()
             self._caller.retry(request)
             return
-        route = runtime.settings
         lines = handler.answer_lines(head, request.incoming, runtime, request.request_id)
-        handler.metrics.upstream_latency.observe_at((route.name,), outcome.upstream_s)
+        handler.metrics.upstream_latency.observe_at(runtime.latency_key, outcome.upstream_s)
         self._is_sse = head.content_type == "text/event-stream"
         if self._is_sse and request.head.method == "GET" and head.framing is not Framing.NONE:
             # its data is rewritten until the first event is through, so it goes out re-framed
-            self._rewriter = endpoint_rewriter(route)
+            self._rewriter = endpoint_rewriter(runtime.settings)
             self._conn.decode_chunks()
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = True
@@ -651,7 +650,7 @@ class _Exchange(ResponseSink):
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = head.framing is Framing.CLOSE
         if self._is_sse:
-            handler.metrics.open_streams.inc(route=route.name)
+            handler.metrics.open_streams.inc(route=runtime.name)
         encoded = self._caller.encode_head(head.status, head.reason, lines)
         if head.framing is Framing.LENGTH and head.length <= SMALL_BODY and not self._is_sse:
             self._held = [encoded]
@@ -730,7 +729,7 @@ class _Exchange(ResponseSink):
     def _finish(self) -> None:
         if self._is_sse:
             self._is_sse = False
-            self._request.handler.metrics.open_streams.dec(route=self._request.runtime.settings.name)
+            self._request.handler.metrics.open_streams.dec(route=self._request.runtime.name)
 
 
 _date_cache: tuple[int, str] = (0, "")
