@@ -18,13 +18,12 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, MutableMapping
-from json import encoder as json_encoder
+from collections.abc import MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
 
-from mcpproxy.expiring import remember
+from mcpproxy._access import access_line
 from mcpproxy.secrets import Secret
 
 _SENSITIVE_KEY = re.compile(
@@ -119,63 +118,34 @@ class AccessEntry:
         self.detail = detail
 
 
-#: JSON string literal of a str (``TypeError`` for anything else: a Secret cannot be written).
-_json_str: Final[Callable[[str], str]] = json_encoder.encode_basestring_ascii
-#: JSON literals of the line's recurring texts (route, method, path, MCP method, via, credential
-#: source, error): a dict lookup instead of an encoder call. Bounded, as paths come from callers.
-_QUOTED: Final[dict[str, str]] = {}
-_MAX_QUOTED: Final = 1024
-
-
 def encode_access(entry: AccessEntry, timestamp: str) -> str:
-    """One access line, a JSON object with its newline.
+    """One access line, a JSON object with its newline (:func:`mcpproxy._access.access_line`).
 
     Written out field by field: the generic JSON encoder over a dict (with the key-name
     redaction pass the other log lines get) cost about three times as much, and a ``%`` template
     with float formats still twice as much, on the one log line every request writes
-    (bench/PROFILE.md)."""
-    mcp_method = entry.mcp_method
-    parts = [
-        f'{{"route":{_quoted(entry.route)},"method":{_quoted(entry.method)},'
-        f'"path":{_quoted(entry.path)},'
-        f'"mcp_method":{"null" if mcp_method is None else _quoted(mcp_method)},'
-        f'"status":{entry.status},"bytes":{entry.bytes},"duration_ms":{_millis(entry.duration_ms)},'
-        f'"request_id":{_json_str(entry.request_id)},"via":{_quoted(entry.via)}'
-    ]
-    if entry.upstream_ms is not None:
-        parts.append(',"upstream_ms":' + _millis(entry.upstream_ms))
-    if entry.credential_source:
-        parts.append(',"credential_source":' + _quoted(entry.credential_source))
-    if entry.subject_fingerprint:
-        parts.append(',"subject_fingerprint":' + _quoted(entry.subject_fingerprint))
-    if entry.sub:
-        parts.append(',"sub":' + _json_str(entry.sub))
-    if entry.error:
-        parts.append(',"error":' + _quoted(entry.error))
-    if entry.detail:
-        parts.append(',"detail":' + _json_str(entry.detail))
-    parts.append(f',"event":"request","level":"info","timestamp":"{timestamp}"}}\n')
-    return "".join(parts)
+    (bench/PROFILE.md); in C (``mcpproxy/_access.c``), a third again."""
+    return access_line(
+        entry.route,
+        entry.method,
+        entry.path,
+        entry.mcp_method,
+        entry.status,
+        entry.bytes,
+        entry.duration_ms,
+        entry.request_id,
+        entry.via,
+        entry.upstream_ms,
+        entry.credential_source,
+        entry.subject_fingerprint,
+        entry.sub,
+        entry.error,
+        entry.detail,
+        timestamp,
+    )
 
 
-def _quoted(text: str) -> str:
-    quoted = _QUOTED.get(text)
-    return quoted if quoted is not None else remember(_QUOTED, text, _json_str(text), _MAX_QUOTED)
-
-
-def _millis(value: float) -> str:
-    """Milliseconds with three decimals, as ``"%.3f" % value`` writes them (but for a rare last
-    digit on an exact half), from integers and the digit tables: formatting a float, or an
-    integer, is several times the cost."""
-    if value < 0:
-        return "%.3f" % value  # noqa: UP031 - not met: durations come from a monotonic clock
-    thousandths = int(value * 1000 + 0.5)
-    whole = thousandths // 1000
-    return f"{_DIGITS[whole] if whole < 1000 else str(whole)}.{_THREE[thousandths % 1000]}"
-
-
-#: 0 to 999 as decimal text, and as three digits with leading zeros ("000" to "999").
-_DIGITS: Final = tuple(str(n) for n in range(1000))
+#: "000" to "999": the digits of a timestamp's microseconds, three at a time.
 _THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 

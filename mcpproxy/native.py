@@ -51,12 +51,14 @@ COMPILED: Final = (
 )
 
 #: Modules written in C, built beside the compiled ones, each from a ``.c`` file that has a
-#: ``.py`` twin of the same name, which runs when the C is not built. Two, where mypyc would turn a
+#: ``.py`` twin of the same name, which runs when the C is not built. Two where mypyc would turn a
 #: byte-by-byte Python loop into a C call a byte: the head parsers (``mcpproxy/_http1.c``, which
 #: scan a head a word at a time; the twin is the reference they are tested against), and the
 #: reading of a JSON-RPC body's method without building the body (``mcpproxy/_jsonrpc.c``, tested
-#: against ``json.loads``; without it the body is parsed).
-C_MODULES: Final = ("mcpproxy._http1", "mcpproxy._jsonrpc")
+#: against ``json.loads``; without it the body is parsed). One where compiled Python builds and
+#: joins a dozen strings: the access line (``mcpproxy/_access.c``, written once into a buffer;
+#: tested against its twin).
+C_MODULES: Final = ("mcpproxy._access", "mcpproxy._http1", "mcpproxy._jsonrpc")
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import pickle
 import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,7 +32,7 @@ from mcpproxy.headers import (
     upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
-from mcpproxy.logs import AccessEntry, _millis, _timestamp, encode_access
+from mcpproxy.logs import AccessEntry, _timestamp, encode_access
 from mcpproxy.metrics import DEFAULT_BUCKETS, Registry
 from mcpproxy.routing import RouteTable, check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -339,8 +343,6 @@ def _jsonrpc_bodies(draw: st.DrawFn) -> bytes:
 
 
 def _c_method_label() -> Callable[[bytes], str | None]:
-    import importlib.machinery
-
     from mcpproxy import _jsonrpc
 
     if not (_jsonrpc.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
@@ -473,11 +475,66 @@ _ACCESS_ALWAYS = set(_ACCESS_ORDER[:9])
 @example(999.9996)
 @example(1.23456)
 def test_millis_are_the_value_to_three_decimals(value: float) -> None:
-    written = _millis(value)
+    written = _ACCESS_REFERENCE._millis(value)
     assert re.fullmatch(r"(0|[1-9][0-9]*)\.[0-9]{3}", written)
     assert abs(float(written) - value) <= 0.0005 + value * 1e-15
     # %.3f, the format it replaces, differs at most in the last digit of an exact half
     assert written == f"{value:.3f}" or abs(float(written) - float(f"{value:.3f}")) <= 0.0011
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _access_reference() -> ModuleType:
+    """``mcpproxy/_access.py``, the Python twin of the C access line, loaded beside its C build."""
+    spec = importlib.util.spec_from_file_location("access_reference", ROOT / "mcpproxy" / "_access.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ACCESS_REFERENCE = _access_reference()
+_texts = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(["", "tools/call", 'a"b\\c\x7f'])
+_optional_texts = st.none() | _texts
+_durations = st.floats(min_value=-1e6, max_value=1e13, allow_nan=False) | st.sampled_from([0.0, 0.0005, 1e17])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    texts=st.tuples(_texts, _texts, _texts, _optional_texts, _texts, _texts),
+    optional=st.tuples(*[_optional_texts] * 5),
+    numbers=st.tuples(st.integers(-1, 999), st.integers(0, 2**70), _durations, st.none() | _durations),
+    timestamp=st.from_regex(r"\A[0-9T:.Z-]{0,30}\Z"),  # written as it is: the proxy's own clock
+)
+def test_c_access_line_agrees_with_the_python_twin(
+    texts: tuple[str, str, str, str | None, str, str],
+    optional: tuple[str | None, ...],
+    numbers: tuple[int, int, float, float | None],
+    timestamp: str,
+) -> None:
+    import mcpproxy._access as built
+
+    if not (built.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        pytest.skip("the C module is not built (pure Python)")
+    route, method, path, mcp_method, request_id, via = texts
+    status, size, duration, upstream = numbers
+    args = (route, method, path, mcp_method, status, size, duration, request_id, via, upstream, *optional, timestamp)
+    line = built.access_line(*args)
+    assert line == _ACCESS_REFERENCE.access_line(*args)
+    assert json.loads(line)["path"] == path
+
+
+def test_c_access_line_refuses_what_the_twin_refuses() -> None:
+    import mcpproxy._access as built
+
+    fields = ("r", "POST", "/p", None, 200, 1, 1.0, "id", "relay", None, None, None, None, None, None, "t")
+    for module in (built, _ACCESS_REFERENCE):
+        assert module.access_line(*fields).endswith('"timestamp":"t"}\n')
+        with pytest.raises(TypeError):
+            module.access_line(*fields[:12], Secret("planted-token-123456"), *fields[13:])
+        with pytest.raises((ValueError, OverflowError)):
+            module.access_line(*fields[:6], float("inf"), *fields[7:])
 
 
 def test_access_timestamp_is_now_in_iso_8601_with_microseconds() -> None:
