@@ -63,9 +63,12 @@ static const unsigned char *request_value_end(const unsigned char *p, const unsi
     return p;
 }
 
+/* Where a response value that starts at p ends: its first CR or LF (memchr, not a loop). */
 static const unsigned char *response_value_end(const unsigned char *p, const unsigned char *end) {
-    while (p < end && *p != '\r' && *p != '\n') p++;
-    return p;
+    const unsigned char *cr = memchr(p, '\r', (size_t)(end - p));
+    const unsigned char *stop = cr != NULL ? cr : end;
+    const unsigned char *lf = memchr(p, '\n', (size_t)(stop - p));
+    return lf != NULL ? lf : stop;
 }
 
 /* str.isspace() of a Latin-1 character */
@@ -178,10 +181,18 @@ static PyObject *common_strs[COMMON_NAMES][2];
 static PyObject *common_istrs[COMMON_NAMES][2];
 static Py_ssize_t common_lengths[COMMON_NAMES];
 
-/* The index of the common name s[0:n] is (in any case), or -1. */
+/* The index of the common name s[0:n] is (in any case), or -1. A candidate has the length and
+ * the first letter; as sent in one of its two spellings it is a memcmp, else a compare that
+ * folds case. */
 static int common_name(const unsigned char *s, Py_ssize_t n) {
-    for (size_t i = 0; i < COMMON_NAMES; i++)
-        if (common_lengths[i] == n && name_is(s, n, common_names[i][0])) return (int)i;
+    if (n == 0) return -1;
+    unsigned char first = (s[0] >= 'A' && s[0] <= 'Z') ? s[0] + 32 : s[0];
+    for (size_t i = 0; i < COMMON_NAMES; i++) {
+        const char *const *forms = common_names[i];
+        if (common_lengths[i] != n || (unsigned char)forms[0][0] != first) continue;
+        if (memcmp(s, forms[1], (size_t)n) == 0 || memcmp(s, forms[0], (size_t)n) == 0 || name_is(s, n, forms[0]))
+            return (int)i;
+    }
     return -1;
 }
 
