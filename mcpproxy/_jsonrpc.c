@@ -10,6 +10,13 @@
  *     Infinity and -Infinity), no control character in a string, UTF-8 as decoded with
  *     "surrogatepass", only JSON white space after the value.
  *
+ * keys_unique(raw: bytes) -> bool
+ *     True when raw is one JSON value json.loads takes, starting with "{" or "[", in which no
+ *     object repeats a key; False when it is not, or when only the full parse can tell: an
+ *     escaped key, an object of more than 32 keys, and the cases above. A route under a tool
+ *     policy refuses repeated keys (policy.parse_strict): with True it parses without the
+ *     checking hook, which is called for every object and took most of the parse.
+ *
  * Every relayed POST needs its method for the access line and the metrics, and json.loads built
  * the whole message for it: the dicts, every key and value. mcpproxy/_jsonrpc.py is what runs
  * without a C compiler (None: always the full parse); tests/test_units.py checks this module
@@ -27,7 +34,27 @@ enum { BAD = -1, UNSURE = -2 };
 typedef struct {
     const unsigned char *p, *end;
     int depth;
+    int unique_keys; /* keys_unique(): an object's repeated key, or an escaped one, is UNSURE */
 } Scan;
+
+/* The keys of one object so far (keys_unique), compared as bytes: unescaped UTF-8 spells one
+ * str one way only. */
+#define MAX_KEYS 32
+typedef struct {
+    int count;
+    const unsigned char *start[MAX_KEYS], *stop[MAX_KEYS];
+} Keys;
+
+/* UNSURE when s[0:n] is one of keys (or keys are full), else 0 after adding it. */
+static int new_key(Keys *keys, const unsigned char *start, const unsigned char *stop) {
+    if (keys->count == MAX_KEYS) return UNSURE;
+    for (int i = 0; i < keys->count; i++)
+        if (keys->stop[i] - keys->start[i] == stop - start && memcmp(keys->start[i], start, (size_t)(stop - start)) == 0)
+            return UNSURE;
+    keys->start[keys->count] = start;
+    keys->stop[keys->count++] = stop;
+    return 0;
+}
 
 /* The top-level "method" member last seen: its value's string bytes, or not a string. */
 typedef struct {
@@ -134,6 +161,8 @@ static int word(Scan *s, const char *text) {
 static int value(Scan *s, Method *method);
 
 static int members(Scan *s, Method *method) {
+    Keys keys;
+    keys.count = 0;
     s->p++;
     skip_ws(s);
     if (s->p < s->end && *s->p == '}') return s->p++, 0;
@@ -143,6 +172,7 @@ static int members(Scan *s, Method *method) {
         if (s->p == s->end || *s->p != '"' || string(s, &key, &key_end, &escaped) < 0) return BAD;
         int is_method = method != NULL && key_end - key == 6 && memcmp(key, "method", 6) == 0;
         if (method != NULL && escaped) return UNSURE; /* a top-level key could spell "method" */
+        if (s->unique_keys && (escaped || new_key(&keys, key, key_end) < 0)) return UNSURE;
         skip_ws(s);
         if (s->p == s->end || *s->p++ != ':') return BAD;
         skip_ws(s);
@@ -218,7 +248,7 @@ static PyObject *method_label(PyObject *module, PyObject *raw) {
         return NULL;
     }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
-    Scan s = {p, p + PyBytes_GET_SIZE(raw), 0};
+    Scan s = {p, p + PyBytes_GET_SIZE(raw), 0, 0};
     if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
     Method method = {0, 0, NULL, NULL};
     int r = value(&s, &method);
@@ -229,8 +259,23 @@ static PyObject *method_label(PyObject *module, PyObject *raw) {
     return PyUnicode_DecodeUTF8((const char *)method.start, method.stop - method.start, "surrogatepass");
 }
 
+static PyObject *keys_unique(PyObject *module, PyObject *raw) {
+    (void)module;
+    if (!PyBytes_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "the body must be bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Scan s = {p, p + PyBytes_GET_SIZE(raw), 0, 1};
+    if (s.end - p < 2 || (p[0] != '{' && p[0] != '[') || p[1] == '\0') Py_RETURN_FALSE;
+    int r = value(&s, NULL);
+    skip_ws(&s);
+    return PyBool_FromLong(r == 0 && s.p == s.end);
+}
+
 static PyMethodDef methods[] = {
     {"method_label", method_label, METH_O, "The MCP method Body.method gives a body, or None."},
+    {"keys_unique", keys_unique, METH_O, "Whether the body is JSON whose objects repeat no key (False: unsure)."},
     {NULL, NULL, 0, NULL},
 };
 

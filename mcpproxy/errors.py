@@ -37,6 +37,16 @@ class ProxyError(Exception):
         return f"{self.status} {self.reason}: {self.message}"
 
 
+@dataclass
+class PolicyDenied(ProxyError):
+    """A 403 refusal by a route's tool policy (:mod:`mcpproxy.policy`); for a refused batch,
+    ``batch_ids`` are the JSON-RPC ids every element answers with. (Here, with the other errors,
+    because the policy module is compiled and an exception it defines could not subclass this
+    interpreted one.)"""
+
+    batch_ids: tuple[str | int | float | None, ...] | None = None
+
+
 def bad_request(message: str, *, reason: str = "bad_request", detail: str = "") -> ProxyError:
     return ProxyError(400, message, JSONRPC_INVALID_REQUEST, detail=detail, reason=reason)
 

@@ -37,6 +37,7 @@ COMPILED: Final = (
     "mcpproxy.logs",
     "mcpproxy.metrics",
     "mcpproxy.oauth.tokens",
+    "mcpproxy.policy",
     "mcpproxy.providerdata",
     "mcpproxy.requestid",
     "mcpproxy.routing",

@@ -17,16 +17,17 @@ import fnmatch
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from mcpproxy._jsonrpc import keys_unique
 from mcpproxy.config.inbound import ClaimRequirement, ClaimValue, PolicyRule, PolicySettings
 from mcpproxy.errors import (
     JSONRPC_HEADER_MISMATCH,
     JSONRPC_INVALID_REQUEST,
     JSONRPC_PARSE_ERROR,
     JSONRPC_SERVER_ERROR,
+    PolicyDenied,
     ProxyError,
     bearer_challenge,
 )
@@ -62,33 +63,37 @@ class Principal(Protocol):
     def scopes(self) -> frozenset[str]: ...
 
 
-@dataclass(frozen=True)
 class Decision:
-    allowed: bool
-    reason: str
-    missing_scopes: tuple[str, ...] = ()
+    """Whether a call is allowed, and why (never changed once made: the allowing ones are shared).
+
+    This class and :class:`Call` are written out rather than declared as dataclasses: compiled
+    (:mod:`mcpproxy.native`), a dataclass's ``__init__`` stays interpreted, and policy builds
+    them on every request."""
+
+    __slots__ = ("allowed", "missing_scopes", "reason")
+
+    def __init__(self, allowed: bool, reason: str, missing_scopes: tuple[str, ...] = ()) -> None:
+        self.allowed = allowed
+        self.reason = reason
+        self.missing_scopes = missing_scopes
 
 
-ALLOWED_NO_POLICY = Decision(True, "no policy")
+ALLOWED_NO_POLICY: Final = Decision(True, "no policy")
+_ALLOWED_BY_RULES: Final = Decision(True, "rules")
 
 
-@dataclass
 class Call:
     """One name-bearing request of a body (what the audit trail records)."""
 
-    method: str
-    kind: str
-    name: str | None
-    jsonrpc_id: JsonId
-    arguments: Any
-    decision: Decision | None = None
+    __slots__ = ("arguments", "decision", "jsonrpc_id", "kind", "method", "name")
 
-
-@dataclass
-class PolicyDenied(ProxyError):
-    """A 403 refusal; for a refused batch, ``batch_ids`` are the ids every element answers with."""
-
-    batch_ids: tuple[JsonId, ...] | None = None
+    def __init__(self, method: str, kind: str, name: str | None, jsonrpc_id: JsonId, arguments: Any) -> None:
+        self.method = method
+        self.kind = kind
+        self.name = name
+        self.jsonrpc_id = jsonrpc_id
+        self.arguments = arguments
+        self.decision: Decision | None = None
 
 
 class _CompiledRule:
@@ -96,7 +101,10 @@ class _CompiledRule:
         self.rule = rule
         self.label = f"rules[{rule.index}]"
         self.patterns = {kind: _compile(rule.patterns(kind)) for kind in KINDS}
-        self.require_scopes = frozenset(rule.require_scopes)
+        # what judge() reads, as native attributes (the settings are an interpreted dataclass)
+        self.deny = rule.deny
+        self.require_scopes: tuple[str, ...] = tuple(rule.require_scopes)
+        self.require_claims: tuple[ClaimRequirement, ...] = tuple(rule.require_claims)
 
     def matches(self, kind: str, name: str) -> bool:
         pattern = self.patterns[kind]
@@ -104,16 +112,18 @@ class _CompiledRule:
 
     def judge(self, principal: Principal | None) -> Decision | None:
         """None when the rule holds, else the refusal."""
-        if self.rule.deny:
+        if self.deny:
             return Decision(False, f"{self.label}: deny")
-        scopes = principal.scopes if principal is not None else frozenset()
-        missing = tuple(s for s in self.rule.require_scopes if s not in scopes)
-        if missing:
-            return Decision(False, f"{self.label}: missing scope {' '.join(missing)}", missing)
-        claims = principal.claims if principal is not None else {}
-        for requirement in self.rule.require_claims:
-            if not claim_satisfied(requirement, claims):
-                return Decision(False, f"{self.label}: claim {requirement.name} does not match")
+        if self.require_scopes:
+            scopes = principal.scopes if principal is not None else frozenset()
+            missing = tuple([s for s in self.require_scopes if s not in scopes])
+            if missing:
+                return Decision(False, f"{self.label}: missing scope {' '.join(missing)}", missing)
+        if self.require_claims:
+            claims = principal.claims if principal is not None else {}
+            for requirement in self.require_claims:
+                if not claim_satisfied(requirement, claims):
+                    return Decision(False, f"{self.label}: claim {requirement.name} does not match")
         return None
 
 
@@ -147,7 +157,7 @@ class Policy:
                 return refusal
         if not matched:
             return self._default
-        return Decision(True, "rules")
+        return _ALLOWED_BY_RULES
 
     def filters(self, kind: str) -> bool:
         """Whether a list of ``kind`` can lose items to this policy (else it need not be parsed)."""
@@ -192,13 +202,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_strict_loads = loader(json.JSONDecoder(object_pairs_hook=_no_duplicates))
+_strict_loads: Final = loader(json.JSONDecoder(object_pairs_hook=_no_duplicates))
+_plain_loads: Final = loader(json.JSONDecoder())
 
 
 def parse_strict(raw: bytes) -> Body:
-    """A JSON-RPC message or batch, refusing anything else — and duplicate object keys."""
+    """A JSON-RPC message or batch, refusing anything else — and duplicate object keys. (A body
+    the C reader finds free of repeated keys, nearly every one, is parsed without the hook that
+    checks each object's: ``mcpproxy/_jsonrpc.c``.)"""
     try:
-        data = _strict_loads(raw)
+        data = _plain_loads(raw) if keys_unique(raw) else _strict_loads(raw)
     except _DuplicateKey:
         raise ProxyError(
             400, "request body repeats an object key", JSONRPC_INVALID_REQUEST, reason="duplicate_key"
@@ -219,22 +232,16 @@ def calls_in(body: Body) -> list[Call]:
     calls: list[Call] = []
     for message in body.messages:
         method = message.get("method")
-        named = NAMED_METHODS.get(method) if isinstance(method, str) else None
+        if not isinstance(method, str):
+            continue
+        named = NAMED_METHODS.get(method)
         if named is None:
             continue
         kind, key = named
         params = message.get("params")
         name = params.get(key) if isinstance(params, dict) else None
         arguments = params.get("arguments") if isinstance(params, dict) else None
-        calls.append(
-            Call(
-                method=str(method),
-                kind=kind,
-                name=name if isinstance(name, str) else None,
-                jsonrpc_id=_id(message),
-                arguments=arguments,
-            )
-        )
+        calls.append(Call(method, kind, name if isinstance(name, str) else None, _id(message), arguments))
     return calls
 
 

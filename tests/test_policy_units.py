@@ -15,11 +15,10 @@ from multidict import CIMultiDict
 
 from mcpproxy.config import parse_config
 from mcpproxy.config.inbound import PolicySettings
-from mcpproxy.errors import JSONRPC_HEADER_MISMATCH, ProxyError
+from mcpproxy.errors import JSONRPC_HEADER_MISMATCH, PolicyDenied, ProxyError
 from mcpproxy.jsonrpc import Body
 from mcpproxy.policy import (
     Policy,
-    PolicyDenied,
     calls_in,
     check_routing_headers,
     decode_header_value,

@@ -415,6 +415,26 @@ def test_strict_parsing_agrees_with_json_loads_and_its_hook(raw: bytes) -> None:
     _assert_same(_outcome(strict, raw), expected)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_jsonrpc_bodies(), _jsonrpc_bodies().map(lambda raw: b"[" + raw + b"]")))
+@example(b'{"a":{"b":1,"b":2}}')
+@example(b'{"a":1,"\\u0061":2}')
+@example(b'[{"k":1},{"k":1}]')
+@example(b'{"a":{"b":1},"c":{"b":1}}')
+@example(b'{"' + b'":1,"'.join(b"k%d" % i for i in range(33)) + b'":1}')
+def test_the_c_key_check_only_clears_bodies_without_repeated_keys(raw: bytes) -> None:
+    """A route under a policy parses a body without the duplicate-key hook only where the C
+    reader says its objects repeat no key; there, the checking parse agrees and finds none."""
+    from mcpproxy import _jsonrpc
+
+    if not (_jsonrpc.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        pytest.skip("the C module is not built (pure Python)")
+    if _jsonrpc.keys_unique(raw):
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)  # raises on a repeated key
+    assert _jsonrpc.keys_unique(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')
+    assert not _jsonrpc.keys_unique(b'{"method":"a","method":"b"}')
+
+
 _ENTRY: dict[str, object] = {
     "route": "orch",
     "method": "POST",

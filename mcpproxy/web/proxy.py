@@ -32,7 +32,7 @@ from mcpproxy.credentials import (
     resolve_subject,
     strip_meta_credentials,
 )
-from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, ProxyError, missing_credential
+from mcpproxy.errors import JSONRPC_INTERNAL_ERROR, PolicyDenied, ProxyError, missing_credential
 from mcpproxy.headers import (
     MCP_METHOD,
     REQUEST_ID,
@@ -51,7 +51,6 @@ from mcpproxy.oauth.errors import scrub
 from mcpproxy.policy import (
     Call,
     Policy,
-    PolicyDenied,
     calls_in,
     check_routing_headers,
     enforce,
