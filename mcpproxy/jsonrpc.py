@@ -147,4 +147,5 @@ def error_body(code: int, message: str, request_id: JsonId, proxy_request_id: st
 
 
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    # types in a tuple, not a union: compiled, `str | int | float` builds one on every call
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
