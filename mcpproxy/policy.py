@@ -31,6 +31,7 @@ from mcpproxy.errors import (
     ProxyError,
     bearer_challenge,
 )
+from mcpproxy.expiring import remember
 from mcpproxy.headers import MCP_METHOD, MCP_NAME, Headers
 from mcpproxy.jsonrpc import Body, JsonId, loader
 
@@ -80,6 +81,7 @@ class Decision:
 
 ALLOWED_NO_POLICY: Final = Decision(True, "no policy")
 _ALLOWED_BY_RULES: Final = Decision(True, "rules")
+_MAX_NAMES: Final = 1024
 
 
 class Call:
@@ -144,19 +146,24 @@ class Policy:
             kind: settings.default == "deny" or any(r.patterns[kind] is not None for r in self._rules)
             for kind in KINDS
         }
+        #: Per kind, the rules each name seen so far matches, in order: a caller calls the same
+        #: tools again and again, and matching is a regex per rule. Bounded (names come from
+        #: callers); whether a rule holds is judged on every call (it depends on the caller).
+        self._matching: dict[str, dict[str, tuple[_CompiledRule, ...]]] = {kind: {} for kind in KINDS}
 
     def decide(self, kind: str, name: str, principal: Principal | None) -> Decision:
         """Every rule matching ``name`` must hold; a name no rule matches gets the default."""
-        matched = False
-        for rule in self._rules:
-            if not rule.matches(kind, name):
-                continue
-            matched = True
+        matching = self._matching[kind]
+        rules = matching.get(name)
+        if rules is None:
+            found = tuple([rule for rule in self._rules if rule.matches(kind, name)])
+            rules = remember(matching, name, found, _MAX_NAMES)
+        if not rules:
+            return self._default
+        for rule in rules:
             refusal = rule.judge(principal)
             if refusal is not None:
                 return refusal
-        if not matched:
-            return self._default
         return _ALLOWED_BY_RULES
 
     def filters(self, kind: str) -> bool:

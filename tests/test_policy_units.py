@@ -94,6 +94,12 @@ def test_default_deny_and_kinds() -> None:
     assert p.decide("prompts", "p1", who).allowed
     assert not p.decide("prompts", "p1", Who({"groups": "ops"})).allowed  # realm_access missing
     assert not p.decide("prompts", "p12", who).allowed  # default deny
+    # the rules a name matches are remembered (bounded), whether they hold is judged every time
+    assert p.decide("prompts", "p1", who).allowed and not p.decide("prompts", "p1", Who({})).allowed
+    assert not p.decide("tools", "p1", who).allowed  # a prompt's rules are not a tool's
+    for i in range(3000):
+        p.decide("tools", f"tool-{i}", who)
+    assert all(len(names) <= 1024 for names in p._matching.values())
     assert p.filters("tools") and p.filters("resources") and p.filters("prompts")
     only_tools = policy("    policy: {rules: [{tools: [x], deny: true}]}\n")
     assert only_tools.filters("tools") and not only_tools.filters("prompts")
