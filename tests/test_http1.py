@@ -6,8 +6,6 @@ Tests marked ``Regression:`` pin down bugs these tests found in the first versio
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import itertools
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from mcpproxy.http1 import (
     parse_response_head,
     safe_value,
 )
+from tests.support.twins import c_module, python_twin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -337,20 +336,12 @@ def _field_blocks() -> st.SearchStrategy[bytes]:
 
 def _c_parsers() -> ModuleType:
     """``mcpproxy._http1`` as built from C; the test is skipped where it is not (pure Python)."""
-    import mcpproxy._http1 as module
-
-    if not (module.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-        pytest.skip("the C module is not built (pure Python)")
-    return module
+    return c_module("_http1")
 
 
 def _python_parsers() -> ModuleType:
     """``mcpproxy/_http1.py``, the Python reference, loaded beside its C build."""
-    spec = importlib.util.spec_from_file_location("http1_reference", ROOT / "mcpproxy" / "_http1.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return python_twin("_http1")
 
 
 _REFERENCE = _python_parsers()

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import pickle
 import re
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,6 +33,7 @@ from mcpproxy.metrics import DEFAULT_BUCKETS, Registry
 from mcpproxy.routing import RouteTable, check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
+from tests.support.twins import c_module, python_twin
 
 
 @pytest.mark.parametrize(
@@ -343,11 +340,8 @@ def _jsonrpc_bodies(draw: st.DrawFn) -> bytes:
 
 
 def _c_method_label() -> Callable[[bytes], str | None]:
-    from mcpproxy import _jsonrpc
-
-    if not (_jsonrpc.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-        pytest.skip("the C module is not built (pure Python)")
-    return _jsonrpc.method_label
+    method_label: Callable[[bytes], str | None] = c_module("_jsonrpc").method_label
+    return method_label
 
 
 def _method_after_a_full_parse(raw: bytes) -> str:
@@ -425,10 +419,7 @@ def test_strict_parsing_agrees_with_json_loads_and_its_hook(raw: bytes) -> None:
 def test_the_c_key_check_only_clears_bodies_without_repeated_keys(raw: bytes) -> None:
     """A route under a policy parses a body without the duplicate-key hook only where the C
     reader says its objects repeat no key; there, the checking parse agrees and finds none."""
-    from mcpproxy import _jsonrpc
-
-    if not (_jsonrpc.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-        pytest.skip("the C module is not built (pure Python)")
+    _jsonrpc = c_module("_jsonrpc")
     if _jsonrpc.keys_unique(raw):
         json.loads(raw, object_pairs_hook=_refuse_duplicates)  # raises on a repeated key
     assert _jsonrpc.keys_unique(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')
@@ -502,19 +493,7 @@ def test_millis_are_the_value_to_three_decimals(value: float) -> None:
     assert written == f"{value:.3f}" or abs(float(written) - float(f"{value:.3f}")) <= 0.0011
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _access_reference() -> ModuleType:
-    """``mcpproxy/_access.py``, the Python twin of the C access line, loaded beside its C build."""
-    spec = importlib.util.spec_from_file_location("access_reference", ROOT / "mcpproxy" / "_access.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_ACCESS_REFERENCE = _access_reference()
+_ACCESS_REFERENCE = python_twin("_access")
 _texts = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(["", "tools/call", 'a"b\\c\x7f'])
 _optional_texts = st.none() | _texts
 _durations = st.floats(min_value=-1e6, max_value=1e13, allow_nan=False) | st.sampled_from([0.0, 0.0005, 1e17])
@@ -533,10 +512,7 @@ def test_c_access_line_agrees_with_the_python_twin(
     numbers: tuple[int, int, float, float | None],
     timestamp: str,
 ) -> None:
-    import mcpproxy._access as built
-
-    if not (built.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-        pytest.skip("the C module is not built (pure Python)")
+    built = c_module("_access")
     route, method, path, mcp_method, request_id, via = texts
     status, size, duration, upstream = numbers
     args = (route, method, path, mcp_method, status, size, duration, request_id, via, upstream, *optional, timestamp)
@@ -546,7 +522,7 @@ def test_c_access_line_agrees_with_the_python_twin(
 
 
 def test_c_access_line_refuses_what_the_twin_refuses() -> None:
-    import mcpproxy._access as built
+    import mcpproxy._access as built  # the C module where it is built, else the twin itself
 
     fields = ("r", "POST", "/p", None, 200, 1, 1.0, "id", "relay", None, None, None, None, None, None, "t")
     for module in (built, _ACCESS_REFERENCE):
