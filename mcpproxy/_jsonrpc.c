@@ -241,14 +241,24 @@ static int value(Scan *s, Method *method) {
     }
 }
 
-static PyObject *method_label(PyObject *module, PyObject *raw) {
-    (void)module;
+/* A scan of the body raw (TypeError unless it is bytes). */
+static int start_scan(Scan *s, PyObject *raw, int unique_keys) {
     if (!PyBytes_Check(raw)) {
         PyErr_SetString(PyExc_TypeError, "the body must be bytes");
-        return NULL;
+        return -1;
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
-    Scan s = {p, p + PyBytes_GET_SIZE(raw), 0, 0};
+    s->p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    s->end = s->p + PyBytes_GET_SIZE(raw);
+    s->depth = 0;
+    s->unique_keys = unique_keys;
+    return 0;
+}
+
+static PyObject *method_label(PyObject *module, PyObject *raw) {
+    (void)module;
+    Scan s;
+    if (start_scan(&s, raw, 0) < 0) return NULL;
+    const unsigned char *p = s.p;
     if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
     Method method = {0, 0, NULL, NULL};
     int r = value(&s, &method);
@@ -261,12 +271,9 @@ static PyObject *method_label(PyObject *module, PyObject *raw) {
 
 static PyObject *keys_unique(PyObject *module, PyObject *raw) {
     (void)module;
-    if (!PyBytes_Check(raw)) {
-        PyErr_SetString(PyExc_TypeError, "the body must be bytes");
-        return NULL;
-    }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
-    Scan s = {p, p + PyBytes_GET_SIZE(raw), 0, 1};
+    Scan s;
+    if (start_scan(&s, raw, 1) < 0) return NULL;
+    const unsigned char *p = s.p;
     if (s.end - p < 2 || (p[0] != '{' && p[0] != '[') || p[1] == '\0') Py_RETURN_FALSE;
     int r = value(&s, NULL);
     skip_ws(&s);
@@ -280,7 +287,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "mcpproxy._jsonrpc", "The MCP method of a JSON-RPC body, in C.", 0, methods,
+    PyModuleDef_HEAD_INIT, "mcpproxy._jsonrpc", "A JSON-RPC body's MCP method and key check, in C.", 0, methods,
     NULL, NULL, NULL, NULL,
 };
 
