@@ -124,7 +124,7 @@ def encode_access(entry: AccessEntry, timestamp: str) -> str:
     Written out field by field: the generic JSON encoder over a dict (with the key-name
     redaction pass the other log lines get) cost about three times as much, and a ``%`` template
     with float formats still twice as much, on the one log line every request writes
-    (bench/PROFILE.md); in C (``mcpproxy/_access.c``), a third again."""
+    (bench/PROFILE.md); in C (``mcpproxy/_access.c``), about half again."""
     return access_line(
         entry.route,
         entry.method,
@@ -185,7 +185,7 @@ _now: Final = time.time
 
 def _timestamp() -> str:
     """Now in ISO 8601 UTC with microseconds, as structlog writes it; the part up to the
-    seconds is formatted once a second, the microseconds from the digit table (see _millis)."""
+    seconds is formatted once a second, the microseconds from a table of three-digit texts."""
     now = _now()
     whole = int(now)
     clock = _CLOCK
