@@ -119,7 +119,9 @@ def write(
         "",
         f"Medians over {s.rounds} rounds{' (quick run)' if s.quick else ''}. Per round every workload runs "
         "against every target in turn, the order of the targets rotating from round to round. "
-        "`x direct` is the request rate relative to the same workload sent straight to the upstream; "
+        "`x direct` is the request rate relative to the same workload sent straight to the upstream "
+        "(on the canned c=64 rows: the median of the ratios of each measurement to a direct one taken "
+        "just before it, and direct's row the median of those samples); "
         "`CPU µs/req` is the proxy's own CPU time — the kernel's run time of all its threads and "
         "processes (`/proc/<pid>/task/<tid>/schedstat`, ns resolution; utime+stime of `/proc/<pid>/stat` "
         "counts in 10 ms ticks, too coarse for the c=1 rows), nginx's master and worker included — divided "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.profiling import python_frame, summarize
-from bench.run import STREAM, Row, first_event_ms, paired
+from bench.run import STREAM, Row, first_event_ms, medians, paired
 
 
 def _row(target: str, rnd: int, cpu_us: float, workload: str = "canned", conc: int = 64) -> Row:
@@ -40,6 +40,35 @@ def test_paired_compares_first_events_of_the_same_round() -> None:
         stream_row("p4", 2, 3.25),
     ]
     assert paired(rows, STREAM, 1, "p4", "direct", lambda a, b: a - b, metric=first_event_ms) == [0.5, 0.25]
+
+
+def test_a_paired_rate_is_the_median_of_ratios_to_the_direct_sample_just_before() -> None:
+    def rate_row(target: str, rnd: int, rps: float, direct_rps: float | None = None) -> Row:
+        row = _row(target, rnd, 30.0)
+        row.rps = rps
+        if direct_rps is not None:
+            row.extra["paired_direct_rps"] = direct_rps
+        return row
+
+    rows = [
+        rate_row("direct", 1, 90_000),
+        rate_row("p3", 1, 30_000, 90_000),
+        rate_row("direct", 1, 60_000),  # direct's rate swung; the next row is compared with it
+        rate_row("nginx", 1, 30_000, 60_000),
+        rate_row("direct", 2, 80_000),
+        rate_row("p3", 2, 24_000, 80_000),
+        rate_row("direct", 3, 70_000),
+        rate_row("p3", 3, 28_000, 70_000),
+    ]
+    med = medians(rows)
+    assert med[("canned", 64, "p3")]["ratio_all"] == [0.333, 0.3, 0.4]
+    assert med[("canned", 64, "p3")]["ratio"] == 1 / 3
+    assert med[("canned", 64, "nginx")]["ratio"] == 0.5
+    assert med[("canned", 64, "direct")]["rps"] == 75_000  # the median of every direct sample
+    # rows measured without a paired sample keep the ratio of medians
+    unpaired = medians([rate_row("direct", 1, 80_000), rate_row("p3", 1, 20_000)])
+    assert unpaired[("canned", 64, "p3")]["ratio"] == 0.25
+    assert "ratio_all" not in unpaired[("canned", 64, "p3")]
 
 
 def test_compiled_frames_count_as_the_python_they_were_compiled_from(tmp_path: Path) -> None:
