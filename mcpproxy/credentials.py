@@ -233,6 +233,8 @@ def _visible(value: str) -> bool:
 
 
 def _label(source: SubjectSource) -> str:
+    if isinstance(source, AuthorizationSource):  # the common source: no attribute read
+        return "authorization"
     if isinstance(source, HeaderSource):
         return f"header:{source.name}"
     if isinstance(source, McpMetaSource):

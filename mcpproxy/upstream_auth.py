@@ -50,6 +50,9 @@ class UpstreamCredential:
         self.header = istr(header) if header else None  # an istr, as the names in mcpproxy.headers
         self.retries_on_401 = isinstance(rule, ExchangeUpstreamAuth)
         self._static: str | None = None
+        #: The token last put in the header, and the header value made of it (see _formatted).
+        self._last_token: Secret | None = None
+        self._last_value = Secret("")
         if isinstance(rule, StaticUpstreamAuth):
             self._static = rule.format.replace("{token}", rule.secret.reveal())
 
@@ -62,7 +65,7 @@ class UpstreamCredential:
         if isinstance(self.rule, ExchangeUpstreamAuth):
             assert self.tokens is not None
             token = await self.tokens.get(subject.token if subject else None)
-            return self.rule.format.replace("{token}", token.reveal())
+            return self._formatted(token, self.rule)
         return self._value_now(subject)
 
     def value_now(self, subject: Subject | None) -> str | Pending | None:
@@ -71,8 +74,17 @@ class UpstreamCredential:
         if isinstance(self.rule, ExchangeUpstreamAuth):
             assert self.tokens is not None
             token = self.tokens.peek(subject.token if subject else None)
-            return PENDING if token is None else self.rule.format.replace("{token}", token.reveal())
+            return PENDING if token is None else self._formatted(token, self.rule)
         return self._value_now(subject)
+
+    def _formatted(self, token: Secret, rule: ExchangeUpstreamAuth) -> str:
+        """The header value carrying ``token``. A cached token is the same Secret request after
+        request, so the last value made is kept (as a Secret) rather than copying the ~1 KB
+        token into a new string each time."""
+        if token is not self._last_token:
+            self._last_value = Secret(rule.format.replace("{token}", token.reveal()))
+            self._last_token = token
+        return self._last_value.reveal()
 
     def _value_now(self, subject: Subject | None) -> str | None:
         rule = self.rule

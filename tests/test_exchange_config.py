@@ -25,6 +25,9 @@ from mcpproxy.config.exchange import (
     needs_subject,
 )
 from mcpproxy.config.model import ExchangeUpstreamAuth
+from mcpproxy.credentials import Subject
+from mcpproxy.secrets import Secret
+from mcpproxy.upstream_auth import UpstreamCredential
 
 UP = "routes[0].auth.upstream"
 CLIENT = {"id": "mcp-proxy", "secret": "${env.PROXY_SECRET}"}
@@ -278,3 +281,35 @@ def test_cache_refusals(cache: dict[str, Any], path: str, words: str) -> None:
     err = refused(te(), cache)
     assert err.path == path, str(err)
     assert words in err.message, str(err)
+
+
+class _Tokens:
+    """A token source that hands out whatever token it is told to (UpstreamCredential's formatting
+    is under test here, not the exchange)."""
+
+    def __init__(self) -> None:
+        self.token = Secret("first-token")
+
+    def peek(self, subject: Secret | None) -> Secret | None:
+        return self.token
+
+    async def get(self, subject: Secret | None) -> Secret:
+        return self.token
+
+    async def invalidate(self, subject: Secret | None, rejected: Secret | None = None) -> None:
+        pass
+
+
+async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
+    rule = load(te(header="X-Upstream-Token", format="Token {token}!")).routes[0].auth.upstream
+    tokens = _Tokens()
+    credential = UpstreamCredential(rule, tokens)
+    subject = Subject(Secret("caller"), "authorization")
+    first = credential.value_now(subject)
+    assert first == "Token first-token!"
+    assert credential.value_now(subject) is first  # the same token: the value made of it, kept
+    tokens.token = Secret("second-token")  # a new token (a refresh, another caller's)
+    assert credential.value_now(subject) == "Token second-token!"
+    assert await credential.value(subject) == "Token second-token!"
+    tokens.token = Secret("first-token")  # an equal token in a new Secret is formatted anew
+    assert await credential.value(subject) == "Token first-token!"

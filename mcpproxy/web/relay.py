@@ -503,7 +503,7 @@ class CallerConnection(asyncio.Protocol):
 
     def encode_head(self, status: int, reason: str, lines: list[str]) -> bytes:
         """An answer's head from its field lines, with the connection's own fields added."""
-        lines.append("Date: " + _http_date())
+        lines.append(_date_line())
         if self._close_after:
             lines.append("Connection: close")
         return encode_lines(f"HTTP/1.1 {status} {reason}", lines)
@@ -732,13 +732,25 @@ class _Exchange(ResponseSink):
             self._request.handler.metrics.open_streams.dec(route=self._request.runtime.name)
 
 
-_date_cache: tuple[int, str] = (0, "")
+class _DateLine:
+    """The ``Date`` field line of the second it was made in (attributes of a compiled class: a
+    module global is a dictionary lookup, even compiled)."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = ""
 
 
-def _http_date() -> str:
-    """The ``Date`` header value, formatted once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True))
-    return _date_cache[1]
+_DATE: Final = _DateLine()
+_now: Final = time.time
+
+
+def _date_line() -> str:
+    """``Date: <now>``, formatted once a second."""
+    now = int(_now())
+    date = _DATE
+    if date.second != now:
+        date.second, date.line = now, "Date: " + formatdate(now, usegmt=True)
+    return date.line
