@@ -195,7 +195,10 @@ class CallerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: The transport's write, for streamed events (set and cleared with ``transport``).
         self._outlet: Outlet | None = None
-        self._buffer = bytearray()
+        #: What was read and not yet served: the bytes of one read as they came while nothing
+        #: else is pending (most requests arrive in one read: served from them, not copied),
+        #: a bytearray once reads add up.
+        self._buffer: bytes | bytearray = b""
         self._remote = ""
         self.busy = False
         self._request: _Request | None = None
@@ -231,7 +234,15 @@ class CallerConnection(asyncio.Protocol):
             self._gone(self._request)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        buffer = self._buffer
+        if not buffer:
+            self._buffer = data
+        elif isinstance(buffer, bytearray):
+            buffer += data
+        else:  # an earlier read's bytes: from now on reads add up in a bytearray
+            grown = bytearray(buffer)
+            grown += data
+            self._buffer = grown
         if not self.busy:
             self._next()
             if not self.busy:
@@ -289,10 +300,20 @@ class CallerConnection(asyncio.Protocol):
         if request is None:
             self._hand_over()
             return
-        del buffer[: head_end + head.content_length]
+        self._consumed(head_end + head.content_length)
         self.busy = True
         self._close_after = not head.keep_alive
         self._begin(request)
+
+    def _consumed(self, size: int) -> None:
+        """Drop the first ``size`` bytes read (a request now being served)."""
+        buffer = self._buffer
+        if isinstance(buffer, bytearray):
+            del buffer[:size]  # in place: pipelined requests behind it are not copied again
+        elif size < len(buffer):
+            self._buffer = bytearray(buffer[size:])
+        else:
+            self._buffer = b""
 
     def _admissible(self, head: RequestHead, handler: ProxyHandler, raw: bytes) -> _Request | None:
         """The request as the relay would serve it, or None when aiohttp must."""
@@ -549,7 +570,7 @@ class CallerConnection(asyncio.Protocol):
         protocol = self._relay.handover()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        data, self._buffer = bytes(self._buffer), bytearray()
+        data, self._buffer = bytes(self._buffer), b""
         self.transport = None
         self._outlet = None
         if self._paused_reading:
@@ -583,7 +604,7 @@ class CallerConnection(asyncio.Protocol):
 _METHODS_SP: Final = tuple(method + b" " for method in RELAYED_METHODS)
 
 
-def _may_be_relayed(partial: bytearray) -> bool:
+def _may_be_relayed(partial: bytes | bytearray) -> bool:
     """Whether an incomplete head could still turn out to be one the relay serves."""
     if partial.count(b"\n") != partial.count(b"\r\n"):
         return False  # a bare LF: aiohttp's parser judges that
