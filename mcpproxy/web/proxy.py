@@ -66,6 +66,8 @@ from mcpproxy.web.responses import batch_error_response, error_response
 from mcpproxy.web.upstream import Origin, UpstreamPool
 
 log = structlog.get_logger("mcpproxy.proxy")
+#: The clock, as a compiled module final (see mcpproxy.web.relay).
+_monotonic: Final = time.monotonic
 
 _REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Bodies up to this size are read whole (one read, one write); larger ones are streamed.
@@ -276,7 +278,7 @@ class ProxyHandler:
         }
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic()
+        started = _monotonic()
         request_id = request_id_of(request.headers)
         incoming = Incoming(
             request.method,
@@ -483,14 +485,14 @@ class ProxyHandler:
                 headers[credential.header] = value
             streamed = StreamedBody(request, self.max_body) if body is None and request.body_exists else None
             data: Any = body.raw if body is not None else streamed
-            sent = time.monotonic()
+            sent = _monotonic()
             try:
                 upstream = await _request(runtime, request.method, match.upstream_url, headers, data)
             except ProxyError:
                 if streamed is not None and streamed.overflowed:
                     raise _too_large(self.max_body) from None
                 raise
-            outcome.upstream_s = time.monotonic() - sent
+            outcome.upstream_s = _monotonic() - sent
             if upstream.status == 401 and credential.retries_on_401 and replayable and attempt == 1:
                 upstream.release()
                 log.info("upstream_401_retry", route=runtime.settings.name)
@@ -635,7 +637,7 @@ class ProxyHandler:
     def record(self, incoming: Incoming, outcome: Outcome, request_id: str, started: float) -> None:
         self.metrics.requests.add((outcome.route, incoming.method, outcome.mcp_method, str(outcome.status)))
         if self.audit is not None and outcome.calls:
-            self._audit(self.audit, outcome, request_id, time.monotonic() - started)
+            self._audit(self.audit, outcome, request_id, _monotonic() - started)
         if not self.access_log:
             return
         subject, identity = outcome.subject, outcome.identity
@@ -647,7 +649,7 @@ class ProxyHandler:
                 outcome.mcp_method,
                 outcome.status,
                 outcome.bytes_out,
-                (time.monotonic() - started) * 1000,
+                (_monotonic() - started) * 1000,
                 request_id,
                 outcome.via,
                 None if outcome.upstream_s is None else outcome.upstream_s * 1000,
