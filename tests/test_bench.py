@@ -27,6 +27,11 @@ def test_paired_compares_rows_of_the_same_round_only() -> None:
     assert paired(rows, "canned", 64, "p4", "p2", lambda a, b: a - b) == []
 
 
+def test_paired_takes_the_median_of_a_round_measured_more_than_once() -> None:
+    rows = [_row("nginx", 1, 20), _row("p3", 1, 40), _row("p3", 1, 60), _row("p3", 1, 44)]
+    assert paired(rows, "canned", 64, "p3", "nginx", lambda a, b: a / b) == [2.2]
+
+
 def test_paired_compares_first_events_of_the_same_round() -> None:
     def stream_row(target: str, rnd: int, ttfe_ms: float) -> Row:
         row = _row(target, rnd, 50.0, workload=STREAM, conc=1)
