@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -168,18 +168,30 @@ def access(entry: AccessEntry) -> None:
             flush()
 
 
-class _Clock:
-    """The second the access lines are in, and its text (attributes of a compiled class: a
-    module global is a dictionary lookup, even compiled)."""
+class PerSecond:
+    """A text that changes once a second, made by ``make`` when the second changes rather than
+    at every use (attributes of a compiled class: a module global is a dictionary lookup, even
+    compiled)."""
 
-    __slots__ = ("second", "text")
+    __slots__ = ("make", "second", "text")
 
-    def __init__(self) -> None:
-        self.second = 0
+    def __init__(self, make: Callable[[int], str]) -> None:
+        self.make = make
+        self.second = -1
         self.text = ""
 
+    def at(self, second: int) -> str:
+        """The text for ``second`` (whole seconds since the epoch)."""
+        if self.second != second:
+            self.second, self.text = second, self.make(second)
+        return self.text
 
-_CLOCK: Final = _Clock()
+
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+_SECOND: Final = PerSecond(_iso_second)
 _now: Final = time.time
 
 
@@ -188,11 +200,8 @@ def _timestamp() -> str:
     seconds is formatted once a second, the microseconds from a table of three-digit texts."""
     now = _now()
     whole = int(now)
-    clock = _CLOCK
-    if clock.second != whole:
-        clock.second, clock.text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
     micros = int((now - whole) * 1_000_000)
-    return f"{clock.text}.{_THREE[micros // 1000]}{_THREE[micros % 1000]}Z"
+    return f"{_SECOND.at(whole)}.{_THREE[micros // 1000]}{_THREE[micros % 1000]}Z"
 
 
 def flush() -> None:

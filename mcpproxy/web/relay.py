@@ -40,6 +40,7 @@ from mcpproxy.http1 import (
     safe_value,
 )
 from mcpproxy.jsonrpc import Body
+from mcpproxy.logs import PerSecond
 from mcpproxy.policy import list_requests
 from mcpproxy.routing import Match
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
@@ -757,24 +758,13 @@ class _Exchange(ResponseSink):
             self._request.handler.metrics.open_streams.dec(route=self._request.runtime.name)
 
 
-class _DateLine:
-    """The ``Date`` field line of the second it was made in (attributes of a compiled class: a
-    module global is a dictionary lookup, even compiled)."""
-
-    __slots__ = ("line", "second")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.line = ""
+def _date_field(second: int) -> str:
+    return "Date: " + formatdate(second, usegmt=True)
 
 
-_DATE: Final = _DateLine()
+_DATE: Final = PerSecond(_date_field)
 
 
 def _date_line() -> str:
     """``Date: <now>``, formatted once a second."""
-    now = int(_now())
-    date = _DATE
-    if date.second != now:
-        date.second, date.line = now, "Date: " + formatdate(now, usegmt=True)
-    return date.line
+    return _DATE.at(int(_now()))
