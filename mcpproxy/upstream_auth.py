@@ -65,7 +65,7 @@ class UpstreamCredential:
         if isinstance(self.rule, ExchangeUpstreamAuth):
             assert self.tokens is not None
             token = await self.tokens.get(subject.token if subject else None)
-            return self._formatted(token, self.rule)
+            return self._formatted(token, self.rule.format)
         return self._value_now(subject)
 
     def value_now(self, subject: Subject | None) -> str | Pending | None:
@@ -74,15 +74,16 @@ class UpstreamCredential:
         if isinstance(self.rule, ExchangeUpstreamAuth):
             assert self.tokens is not None
             token = self.tokens.peek(subject.token if subject else None)
-            return PENDING if token is None else self._formatted(token, self.rule)
+            return PENDING if token is None else self._formatted(token, self.rule.format)
         return self._value_now(subject)
 
-    def _formatted(self, token: Secret, rule: ExchangeUpstreamAuth) -> str:
-        """The header value carrying ``token``. A cached token is the same Secret request after
-        request, so the last value made is kept (as a Secret) rather than copying the ~1 KB
-        token into a new string each time."""
+    def _formatted(self, token: Secret, template: str) -> str:
+        """The header value carrying ``token``. A cached token (or a caller's, from
+        ``credentials._SECRETS``) is the same Secret request after request, so the last value
+        made is kept (as a Secret) rather than copying the ~1 KB token into a new string each
+        time."""
         if token is not self._last_token:
-            self._last_value = Secret(rule.format.replace("{token}", token.reveal()))
+            self._last_value = Secret(template.replace("{token}", token.reveal()))
             self._last_token = token
         return self._last_value.reveal()
 
@@ -91,7 +92,7 @@ class UpstreamCredential:
         if isinstance(rule, StaticUpstreamAuth):
             return self._static
         if isinstance(rule, ForwardUpstreamAuth):
-            return rule.format.replace("{token}", self._require(subject).token.reveal())
+            return self._formatted(self._require(subject).token, rule.format)
         return None
 
     async def invalidate(self, subject: Subject | None, sent: str | None = None) -> None:

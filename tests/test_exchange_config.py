@@ -24,7 +24,7 @@ from mcpproxy.config.exchange import (
     TokenExchangeSettings,
     needs_subject,
 )
-from mcpproxy.config.model import ExchangeUpstreamAuth
+from mcpproxy.config.model import ExchangeUpstreamAuth, ForwardUpstreamAuth
 from mcpproxy.credentials import Subject
 from mcpproxy.secrets import Secret
 from mcpproxy.upstream_auth import UpstreamCredential
@@ -313,3 +313,13 @@ async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
     assert await credential.value(subject) == "Token second-token!"
     tokens.token = Secret("first-token")  # an equal token in a new Secret is formatted anew
     assert await credential.value(subject) == "Token first-token!"
+
+
+async def test_a_forwarded_value_follows_the_callers_token() -> None:
+    credential = UpstreamCredential(ForwardUpstreamAuth(header="X-Token", format="Token {token}"))
+    alice, bob = Subject(Secret("alice-token"), "authorization"), Subject(Secret("bob-token"), "authorization")
+    first = credential.value_now(alice)
+    assert first == "Token alice-token"
+    assert credential.value_now(alice) is first  # the same caller's Secret: the value made of it, kept
+    assert credential.value_now(bob) == "Token bob-token"
+    assert await credential.value(alice) == "Token alice-token"
