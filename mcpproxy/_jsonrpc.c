@@ -1,4 +1,4 @@
-/* The MCP method of a JSON-RPC body, read without building it: mcpproxy/jsonrpc.py's Body.
+/* What the proxy reads of a JSON-RPC body without building it: mcpproxy/jsonrpc.py's Body.
  *
  * method_label(raw: bytes) -> str | None
  *     What Body.method says of raw after json.loads (with the relay's loader) — the method of a
@@ -16,6 +16,14 @@
  *     escaped key, an object of more than 32 keys, and the cases above. A route under a tool
  *     policy refuses repeated keys (policy.parse_strict): with True it parses without the
  *     checking hook, which is called for every object and took most of the parse.
+ *
+ * message_head(raw: bytes) -> tuple | None
+ *     For a single message that keys_unique clears, what jsonrpc.head_of reads of json.loads's
+ *     dict: (method, whether "id" is there, id, params.name, params.uri), a member of another
+ *     type None; None when raw is anything else or only the full parse can tell (an escaped
+ *     string among those five, an id with a fraction or exponent or of more than 18 digits).
+ *     A route under a tool policy decides on these and nothing else of the body: with them it
+ *     need not build the message (half its cost a request) unless something reads it later.
  *
  * Every relayed POST needs its method for the access line and the metrics, and json.loads built
  * the whole message for it: the dicts, every key and value. mcpproxy/_jsonrpc.py is what runs
@@ -56,11 +64,25 @@ static int new_key(Keys *keys, const unsigned char *start, const unsigned char *
     return 0;
 }
 
-/* The top-level "method" member last seen: its value's string bytes, or not a string. */
-typedef struct {
-    int seen, is_string;
-    const unsigned char *start, *stop;
-} Method;
+/* The members of one object a reader wants: each one's last value (json.loads keeps the last of
+ * a repeated key) as the span of its JSON text, start NULL while absent; `inner`, the members
+ * wanted of that value when it is an object. */
+#define MAX_WANTED 3
+typedef struct Want {
+    int count;
+    const char *key[MAX_WANTED];
+    struct Want *inner[MAX_WANTED];
+    const unsigned char *start[MAX_WANTED], *stop[MAX_WANTED];
+} Want;
+
+/* Which of want's keys s[0:n] is (unescaped), or -1. */
+static int wanted(const Want *want, const unsigned char *key, const unsigned char *key_end) {
+    for (int i = 0; i < want->count; i++)
+        if (want->key[i][0] == *key && strlen(want->key[i]) == (size_t)(key_end - key) &&
+            memcmp(want->key[i], key, (size_t)(key_end - key)) == 0)
+            return i;
+    return -1;
+}
 
 static void skip_ws(Scan *s) {
     while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) s->p++;
@@ -90,13 +112,21 @@ static int utf8_char(Scan *s) {
     return 0;
 }
 
+/* The bytes a string's scan stops at (1): its end, an escape, a control character, the lead of a
+ * multi-byte UTF-8 character; filled in when the module is loaded. */
+static unsigned char stops_string[256];
+
 /* A string at s->p (its opening quote); its content's bytes, and whether it holds an escape. */
 static int string(Scan *s, const unsigned char **start, const unsigned char **stop, int *escaped) {
     s->p++;
     *start = s->p;
     *escaped = 0;
-    while (s->p < s->end) {
-        unsigned char c = *s->p;
+    for (;;) {
+        const unsigned char *p = s->p, *end = s->end;
+        while (p < end && !stops_string[*p]) p++;
+        s->p = p;
+        if (p == end) return BAD;
+        unsigned char c = *p;
         if (c == '"') {
             *stop = s->p++;
             return 0;
@@ -114,11 +144,8 @@ static int string(Scan *s, const unsigned char **start, const unsigned char **st
             } else if (strchr("\"\\/bfnrt", c) != NULL && c != '\0') {
                 s->p += 2;
             } else return BAD;
-        } else if (c >= 0x80) {
-            if (utf8_char(s) < 0) return BAD;
-        } else s->p++;
+        } else if (utf8_char(s) < 0) return BAD;
     }
-    return BAD;
 }
 
 static int digits(Scan *s) {
@@ -158,9 +185,9 @@ static int word(Scan *s, const char *text) {
     return 0;
 }
 
-static int value(Scan *s, Method *method);
+static int value(Scan *s, Want *want);
 
-static int members(Scan *s, Method *method) {
+static int members(Scan *s, Want *want) {
     Keys keys;
     keys.count = 0;
     s->p++;
@@ -168,24 +195,23 @@ static int members(Scan *s, Method *method) {
     if (s->p < s->end && *s->p == '}') return s->p++, 0;
     for (;;) {
         const unsigned char *key, *key_end;
-        int escaped, r;
+        int escaped, r, i = -1;
         if (s->p == s->end || *s->p != '"' || string(s, &key, &key_end, &escaped) < 0) return BAD;
-        int is_method = method != NULL && key_end - key == 6 && memcmp(key, "method", 6) == 0;
-        if (method != NULL && escaped) return UNSURE; /* a top-level key could spell "method" */
+        if (want != NULL) {
+            if (escaped) return UNSURE; /* it could spell a wanted key */
+            i = wanted(want, key, key_end);
+        }
         if (s->unique_keys && (escaped || new_key(&keys, key, key_end) < 0)) return UNSURE;
         skip_ws(s);
         if (s->p == s->end || *s->p++ != ':') return BAD;
         skip_ws(s);
-        if (is_method && s->p < s->end && *s->p == '"') {
-            r = string(s, &method->start, &method->stop, &escaped);
-            if (r == 0 && escaped) r = UNSURE;
-            method->is_string = 1;
-        } else {
-            if (is_method) method->is_string = 0;
-            r = value(s, NULL);
-        }
+        const unsigned char *start = s->p;
+        r = value(s, i >= 0 ? want->inner[i] : NULL);
         if (r < 0) return r;
-        if (is_method) method->seen = 1;
+        if (i >= 0) {
+            want->start[i] = start;
+            want->stop[i] = s->p;
+        }
         skip_ws(s);
         if (s->p == s->end) return BAD;
         if (*s->p == '}') return s->p++, 0;
@@ -209,8 +235,8 @@ static int elements(Scan *s) {
     }
 }
 
-/* One value at s->p; `method` collects the "method" member of the object there (top level). */
-static int value(Scan *s, Method *method) {
+/* One value at s->p; `want` collects members of the object there, if it is one. */
+static int value(Scan *s, Want *want) {
     if (s->p == s->end) return BAD;
     const unsigned char *start, *stop;
     int escaped, r;
@@ -220,7 +246,7 @@ static int value(Scan *s, Method *method) {
     case '{':
     case '[':
         if (++s->depth > MAX_DEPTH) return UNSURE;
-        r = *s->p == '{' ? members(s, method) : elements(s);
+        r = *s->p == '{' ? members(s, want) : elements(s);
         s->depth--;
         return r;
     case 'n':
@@ -254,19 +280,82 @@ static int start_scan(Scan *s, PyObject *raw, int unique_keys) {
     return 0;
 }
 
+/* A wanted member's string value (the span of its JSON text), NULL with *unsure set when it
+ * holds an escape (only the full parse decodes those), Py_None when it is absent or no string. */
+static PyObject *text_of(const Want *want, int i, int *unsure) {
+    const unsigned char *start = want->start[i], *stop = want->stop[i];
+    if (start == NULL || *start != '"') return Py_NewRef(Py_None);
+    if (memchr(start + 1, '\\', (size_t)(stop - start - 2)) != NULL) {
+        *unsure = 1;
+        return NULL;
+    }
+    return PyUnicode_DecodeUTF8((const char *)start + 1, stop - start - 2, "surrogatepass");
+}
+
+/* Body.method's single message (one scan, no key check): NULL and no error when unsure. */
 static PyObject *method_label(PyObject *module, PyObject *raw) {
     (void)module;
     Scan s;
     if (start_scan(&s, raw, 0) < 0) return NULL;
     const unsigned char *p = s.p;
     if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
-    Method method = {0, 0, NULL, NULL};
-    int r = value(&s, &method);
+    Want top = {1, {"method"}, {NULL}, {NULL}, {NULL}};
+    int r = value(&s, &top), unsure = 0;
     if (r == UNSURE) Py_RETURN_NONE;
     skip_ws(&s);
     if (r == BAD || s.p != s.end) return PyUnicode_FromString("-");
-    if (!method.seen || !method.is_string) return PyUnicode_FromString("response");
-    return PyUnicode_DecodeUTF8((const char *)method.start, method.stop - method.start, "surrogatepass");
+    PyObject *method = text_of(&top, 0, &unsure);
+    if (method == Py_None) {
+        Py_DECREF(method);
+        return PyUnicode_FromString("response");
+    }
+    if (method == NULL && unsure) Py_RETURN_NONE;
+    return method;
+}
+
+/* A message's "id" as json.loads makes it and jsonrpc.id_of keeps it: a string, an integer of up
+ * to 18 digits, None for null, true, false, an object or an array; NULL with *unsure set for a
+ * fraction, an exponent, NaN, Infinity, a longer integer or an escaped string. */
+static PyObject *id_of(const Want *want, int i, int *unsure) {
+    const unsigned char *start = want->start[i], *stop = want->stop[i];
+    if (start == NULL) return Py_NewRef(Py_None);
+    switch (*start) {
+    case '"':
+        return text_of(want, i, unsure);
+    case 'n': case 't': case 'f': case '{': case '[':
+        return Py_NewRef(Py_None);
+    }
+    char digits[20];
+    size_t n = (size_t)(stop - start);
+    if (n > 19 || memchr(start, '.', n) || memchr(start, 'e', n) || memchr(start, 'E', n) ||
+        memchr(start, 'N', n) || memchr(start, 'I', n) || n - (*start == '-') > 18) {
+        *unsure = 1;
+        return NULL;
+    }
+    memcpy(digits, start, n);
+    digits[n] = '\0';
+    return PyLong_FromString(digits, NULL, 10);
+}
+
+static PyObject *message_head(PyObject *module, PyObject *raw) {
+    (void)module;
+    Scan s;
+    if (start_scan(&s, raw, 1) < 0) return NULL;
+    const unsigned char *p = s.p;
+    if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
+    Want params = {2, {"name", "uri"}, {NULL}, {NULL}, {NULL}};
+    Want top = {3, {"method", "id", "params"}, {NULL, NULL, &params}, {NULL}, {NULL}};
+    int r = value(&s, &top), unsure = 0;
+    skip_ws(&s);
+    if (r != 0 || s.p != s.end) Py_RETURN_NONE;
+    PyObject *fields[4] = {text_of(&top, 0, &unsure), id_of(&top, 1, &unsure), text_of(&params, 0, &unsure),
+                           text_of(&params, 1, &unsure)};
+    PyObject *head = NULL;
+    if (fields[0] != NULL && fields[1] != NULL && fields[2] != NULL && fields[3] != NULL)
+        head = PyTuple_Pack(5, fields[0], top.start[1] != NULL ? Py_True : Py_False, fields[1], fields[2], fields[3]);
+    for (int i = 0; i < 4; i++) Py_XDECREF(fields[i]);
+    if (head == NULL && unsure && !PyErr_Occurred()) Py_RETURN_NONE;
+    return head;
 }
 
 static PyObject *keys_unique(PyObject *module, PyObject *raw) {
@@ -283,6 +372,7 @@ static PyObject *keys_unique(PyObject *module, PyObject *raw) {
 static PyMethodDef methods[] = {
     {"method_label", method_label, METH_O, "The MCP method Body.method gives a body, or None."},
     {"keys_unique", keys_unique, METH_O, "Whether the body is JSON whose objects repeat no key (False: unsure)."},
+    {"message_head", message_head, METH_O, "What policy reads of a single message, or None: only the full parse can tell."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -291,4 +381,7 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__jsonrpc(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__jsonrpc(void) {
+    for (int c = 0; c < 256; c++) stops_string[c] = c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
+    return PyModule_Create(&module);
+}

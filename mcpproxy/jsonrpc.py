@@ -13,28 +13,30 @@ from mcpproxy.errors import JSONRPC_PARSE_ERROR, ProxyError
 JsonId = str | int | float | None
 
 
+#: What a route's policy and the logs read of one message: its method, whether it has an "id",
+#: the id (:func:`id_of`), its params' "name" and "uri" — each None where it is not a string.
+Head = tuple[str | None, bool, JsonId, str | None, str | None]
+
+
 class Body:
     """A POSTed JSON-RPC message or batch. ``messages`` is empty when the body is not JSON-RPC.
 
-    A body taken leniently (:func:`parse_body` without ``strict``) is parsed when something first
-    needs its messages: the relay's common request only needs its method, for the access line
-    and the metrics, and the C module reads that without building the message
-    (``mcpproxy/_jsonrpc.c``)."""
+    A body is parsed when something first needs its messages, where the C module can read what
+    is needed without building them (``mcpproxy/_jsonrpc.c``): a body taken leniently
+    (:func:`parse_body` without ``strict``) for its method, which the relay's common request
+    needs for the access line and the metrics; a single message under a policy for its
+    :attr:`heads` (:func:`mcpproxy.policy.parse_strict`)."""
 
-    __slots__ = ("_is_batch", "_messages", "_unread", "parsed", "raw")
+    __slots__ = ("_heads", "_is_batch", "_messages", "_unread", "raw")
 
     def __init__(
-        self,
-        raw: bytes,
-        messages: list[dict[str, Any]] | None = None,
-        is_batch: bool = False,
-        parsed: bool = False,
+        self, raw: bytes, messages: list[dict[str, Any]] | None = None, is_batch: bool = False
     ) -> None:
         self.raw = raw
         self._messages: list[dict[str, Any]] = [] if messages is None else messages
         self._is_batch = is_batch
-        self.parsed = parsed
         self._unread = False
+        self._heads: list[Head] | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -44,14 +46,22 @@ class Body:
 
     @property
     def is_batch(self) -> bool:
-        if self._unread:
+        if self._unread and self._heads is None:
             self._read()
         return self._is_batch
+
+    @property
+    def heads(self) -> list[Head]:
+        """:func:`head_of` each message."""
+        heads = self._heads
+        if heads is None:
+            heads = self._heads = [head_of(message) for message in self.messages]
+        return heads
 
     def _read(self) -> None:
         self._unread = False
         body = _parsed(self.raw, strict=False)
-        self._messages, self._is_batch, self.parsed = body._messages, body._is_batch, body.parsed
+        self._messages, self._is_batch = body._messages, body._is_batch
 
     @property
     def first_id(self) -> JsonId:
@@ -64,6 +74,9 @@ class Body:
     def method(self) -> str:
         """The MCP method for logs and metrics: the single method, or "batch"."""
         if self._unread:
+            if self._heads is not None:
+                method = self._heads[0][0]
+                return method if method is not None else "response"
             label = method_label(self.raw)
             if label is not None:
                 return label
@@ -112,8 +125,16 @@ def parse_body(raw: bytes, *, strict: bool) -> Body:
     only when its messages are first needed."""
     if strict:
         return _parsed(raw, strict=True)
+    return unread_body(raw)
+
+
+def unread_body(raw: bytes, head: Head | None = None) -> Body:
+    """A body parsed when its messages are first needed; ``head``: it is one message, which
+    ``json.loads`` takes and :func:`head_of` reads so."""
     body = Body(raw)
     body._unread = True
+    if head is not None:
+        body._heads = [head]
     return body
 
 
@@ -127,9 +148,9 @@ def _parsed(raw: bytes, *, strict: bool) -> Body:
             ) from None
         return Body(raw)
     if isinstance(data, dict):
-        return Body(raw, [data], False, True)
+        return Body(raw, [data])
     if isinstance(data, list) and data and all(isinstance(m, dict) for m in data):
-        return Body(raw, data, True, True)
+        return Body(raw, data, True)
     if strict:
         raise ProxyError(
             400, "request body is not a JSON-RPC message", JSONRPC_PARSE_ERROR, reason="parse_error"
@@ -144,6 +165,28 @@ def error_body(code: int, message: str, request_id: JsonId, proxy_request_id: st
         "error": {"code": code, "message": message, "data": {"request_id": proxy_request_id}},
     }
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def head_of(message: dict[str, Any]) -> Head:
+    """What policy reads of a message (``mcpproxy/_jsonrpc.c``'s ``message_head`` reads the same
+    from a body's bytes)."""
+    method, params = message.get("method"), message.get("params")
+    name = uri = None
+    if isinstance(params, dict):
+        name, uri = params.get("name"), params.get("uri")
+    return (
+        method if isinstance(method, str) else None,
+        "id" in message,
+        id_of(message),
+        name if isinstance(name, str) else None,
+        uri if isinstance(uri, str) else None,
+    )
+
+
+def id_of(message: dict[str, Any]) -> JsonId:
+    """A message's id, None unless it is a string or a number."""
+    value = message.get("id")
+    return value if _valid_id(value) else None
 
 
 def _valid_id(value: Any) -> bool:

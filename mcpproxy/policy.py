@@ -17,10 +17,9 @@ import fnmatch
 import json
 import re
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, Final, Protocol
 
-from mcpproxy._jsonrpc import keys_unique
+from mcpproxy._jsonrpc import keys_unique, message_head
 from mcpproxy.config.inbound import ClaimRequirement, ClaimValue, PolicyRule, PolicySettings
 from mcpproxy.errors import (
     JSONRPC_HEADER_MISMATCH,
@@ -33,7 +32,7 @@ from mcpproxy.errors import (
 )
 from mcpproxy.expiring import remember
 from mcpproxy.headers import MCP_METHOD, MCP_NAME, Headers
-from mcpproxy.jsonrpc import Body, JsonId, loader
+from mcpproxy.jsonrpc import Body, JsonId, id_of, loader, unread_body
 
 JSONRPC_INVALID_PARAMS = -32602
 
@@ -87,15 +86,25 @@ _MAX_NAMES: Final = 1024
 class Call:
     """One name-bearing request of a body (what the audit trail records)."""
 
-    __slots__ = ("arguments", "decision", "jsonrpc_id", "kind", "method", "name")
+    __slots__ = ("_body", "_index", "decision", "jsonrpc_id", "kind", "method", "name")
 
-    def __init__(self, method: str, kind: str, name: str | None, jsonrpc_id: JsonId, arguments: Any) -> None:
+    def __init__(
+        self, method: str, kind: str, name: str | None, jsonrpc_id: JsonId, body: Body, index: int
+    ) -> None:
         self.method = method
         self.kind = kind
         self.name = name
         self.jsonrpc_id = jsonrpc_id
-        self.arguments = arguments
         self.decision: Decision | None = None
+        self._body = body
+        self._index = index
+
+    @property
+    def arguments(self) -> Any:
+        """``params.arguments`` (read when the audit trail asks: the rest of the time the message
+        need not be built)."""
+        params = self._body.messages[self._index].get("params")
+        return params.get("arguments") if isinstance(params, dict) else None
 
 
 class _CompiledRule:
@@ -106,7 +115,7 @@ class _CompiledRule:
         # what judge() reads, as native attributes (the settings are an interpreted dataclass)
         self.deny = rule.deny
         self.require_scopes: tuple[str, ...] = tuple(rule.require_scopes)
-        self.require_claims: tuple[ClaimRequirement, ...] = tuple(rule.require_claims)
+        self.require_claims = tuple([_Claim(requirement) for requirement in rule.require_claims])
 
     def matches(self, kind: str, name: str) -> bool:
         pattern = self.patterns[kind]
@@ -174,19 +183,34 @@ class Policy:
         return isinstance(name, str) and self.decide(kind, name, principal).allowed
 
 
-def claim_satisfied(requirement: ClaimRequirement, claims: Mapping[str, Any]) -> bool:
+class _Claim:
+    """A :class:`ClaimRequirement` as native attributes: it is read on every call a rule judges,
+    and the settings are an interpreted dataclass."""
+
+    __slots__ = ("name", "path", "values")
+
+    def __init__(self, requirement: ClaimRequirement) -> None:
+        self.path: tuple[str, ...] = tuple(requirement.path)
+        self.values: tuple[ClaimValue, ...] = tuple(requirement.values)
+        self.name = requirement.name
+
+
+def claim_satisfied(requirement: _Claim, claims: Mapping[str, Any]) -> bool:
+    """Claims are JSON (a verified token's payload): indexing anything but an object by a name
+    raises TypeError, an object without it KeyError — cheaper than asking first on every call."""
     value: Any = claims
-    for part in requirement.path:
-        # dict and mappingproxy first: an ABC's isinstance check costs several times as much.
-        # (Types in a tuple, here and below, not a union: compiled, `X | Y` builds one a call.)
-        if not isinstance(value, (dict, MappingProxyType, Mapping)) or part not in value:
-            return False
-        value = value[part]
-    for candidate in value if isinstance(value, list) else [value]:
-        for wanted in requirement.values:
-            if _same(candidate, wanted):
-                return True
-    return False
+    try:
+        for part in requirement.path:
+            value = value[part]
+    except (KeyError, TypeError):
+        return False
+    if isinstance(value, list):
+        return any(_one_of(candidate, requirement.values) for candidate in value)
+    return _one_of(value, requirement.values)
+
+
+def _one_of(actual: Any, values: tuple[ClaimValue, ...]) -> bool:
+    return any(_same(actual, wanted) for wanted in values)
 
 
 def _same(actual: Any, wanted: ClaimValue) -> bool:
@@ -218,9 +242,14 @@ _plain_loads: Final = loader(json.JSONDecoder())
 
 
 def parse_strict(raw: bytes) -> Body:
-    """A JSON-RPC message or batch, refusing anything else — and duplicate object keys. (A body
-    the C reader finds free of repeated keys, nearly every one, is parsed without the hook that
-    checks each object's: ``mcpproxy/_jsonrpc.c``.)"""
+    """A JSON-RPC message or batch, refusing anything else — and duplicate object keys. A single
+    message whose policy fields the C reader can read (``mcpproxy/_jsonrpc.c``'s
+    ``message_head``: nearly every one) is parsed only if something needs the rest of it; a
+    body the C reader finds free of repeated keys is parsed without the hook that checks each
+    object's."""
+    head = message_head(raw)
+    if head is not None:
+        return unread_body(raw, head)
     try:
         data = _plain_loads(raw) if keys_unique(raw) else _strict_loads(raw)
     except _DuplicateKey:
@@ -232,45 +261,30 @@ def parse_strict(raw: bytes) -> Body:
             400, "request body is not valid JSON", JSONRPC_PARSE_ERROR, reason="parse_error"
         ) from None
     if isinstance(data, dict):
-        return Body(raw, [data], False, True)
+        return Body(raw, [data])
     if isinstance(data, list) and data and all(isinstance(m, dict) for m in data):
-        return Body(raw, data, True, True)
+        return Body(raw, data, True)
     raise ProxyError(400, "request body is not a JSON-RPC message", JSONRPC_PARSE_ERROR, reason="parse_error")
 
 
 def calls_in(body: Body) -> list[Call]:
     """The name-bearing requests of a body (tools/call, prompts/get, resources/read)."""
     calls: list[Call] = []
-    for message in body.messages:
-        method = message.get("method")
-        if not isinstance(method, str):
-            continue
-        named = NAMED_METHODS.get(method)
-        if named is None:
-            continue
-        kind, key = named
-        params = message.get("params")
-        name = params.get(key) if isinstance(params, dict) else None
-        arguments = params.get("arguments") if isinstance(params, dict) else None
-        calls.append(Call(method, kind, name if isinstance(name, str) else None, _id(message), arguments))
+    for index, (method, _, jsonrpc_id, name, uri) in enumerate(body.heads):
+        named = NAMED_METHODS.get(method) if method is not None else None
+        if method is not None and named is not None:
+            kind, key = named
+            calls.append(Call(method, kind, name if key == "name" else uri, jsonrpc_id, body, index))
     return calls
 
 
 def list_requests(body: Body) -> dict[JsonId, str]:
     """JSON-RPC id → list method, for the list requests of a body whose answers may be filtered."""
     out: dict[JsonId, str] = {}
-    for message in body.messages:
-        method = message.get("method")
-        if isinstance(method, str) and method in LIST_METHODS and "id" in message:
-            out[_id(message)] = method
+    for method, has_id, jsonrpc_id, _, _ in body.heads:
+        if method is not None and has_id and method in LIST_METHODS:
+            out[jsonrpc_id] = method
     return out
-
-
-def _id(message: Mapping[str, Any]) -> JsonId:
-    value = message.get("id")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return value
-    return None
 
 
 # --- the routing headers of the 2026-07-28 revision --------------------------------------------
@@ -278,27 +292,26 @@ def _id(message: Mapping[str, Any]) -> JsonId:
 
 def check_routing_headers(body: Body, headers: Headers) -> None:
     """``Mcp-Method`` / ``Mcp-Name``, when sent, must describe exactly the body's one request."""
+    if MCP_METHOD not in headers and MCP_NAME not in headers:
+        return  # (cheaper than getall's two lists, for the common request that sends neither)
     methods = headers.getall(MCP_METHOD, [])
     names = headers.getall(MCP_NAME, [])
-    if not methods and not names:
-        return
     if len(methods) > 1 or len(names) > 1:
         raise _mismatch("Mcp-Method and Mcp-Name may be sent only once")
-    if body.is_batch or len(body.messages) != 1:
+    heads = body.heads
+    if body.is_batch or len(heads) != 1:
         raise _mismatch("Mcp-Method / Mcp-Name describe one request, but the body is a batch")
-    message = body.messages[0]
-    method = message.get("method")
-    if not methods or methods[0] != method:
+    method, _, _, name, uri = heads[0]
+    if not methods or method is None or methods[0] != method:
         raise _mismatch("Mcp-Method header does not match the request body's method")
-    named = NAMED_METHODS.get(method) if isinstance(method, str) else None
+    named = NAMED_METHODS.get(method)
     if named is None:
         if names:
             raise _mismatch("Mcp-Name header sent for a method that names nothing")
         return
     key = named[1]
-    params = message.get("params")
-    body_name = params.get(key) if isinstance(params, dict) else None
-    if not names or not isinstance(body_name, str) or decode_header_value(names[0]) != body_name:
+    body_name = name if key == "name" else uri
+    if not names or body_name is None or decode_header_value(names[0]) != body_name:
         raise _mismatch(f"Mcp-Name header does not match the request body's {key!r} parameter")
 
 
@@ -361,7 +374,7 @@ def enforce(policy: Policy, calls: Iterable[Call], principal: Principal | None, 
                 call.decision = Decision(False, "batch refused")
         others = len(denied) - 1
         what = "batch refused: " + what + (f"; {others} more element(s) refused" if others else "")
-        batch_ids = tuple(_id(m) for m in body.messages if "id" in m and "method" in m)
+        batch_ids = tuple(id_of(m) for m in body.messages if "id" in m and "method" in m)
     raise PolicyDenied(
         403,
         what,

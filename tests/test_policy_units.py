@@ -93,6 +93,10 @@ def test_default_deny_and_kinds() -> None:
     assert not p.decide("resources", "file:///etc/passwd", who).allowed
     assert p.decide("prompts", "p1", who).allowed
     assert not p.decide("prompts", "p1", Who({"groups": "ops"})).allowed  # realm_access missing
+    for not_an_object in ("roles", ["roles"], 3, None, True):  # a path through anything else
+        assert not p.decide("prompts", "p1", Who({"groups": "ops", "realm_access": not_an_object})).allowed
+    assert not p.decide("prompts", "p1", Who({"groups": "ops", "realm_access": {"roles": "y"}})).allowed
+    assert p.decide("prompts", "p1", Who({"groups": "ops", "realm_access": {"roles": "x"}})).allowed
     assert not p.decide("prompts", "p12", who).allowed  # default deny
     # the rules a name matches are remembered (bounded), whether they hold is judged every time
     assert p.decide("prompts", "p1", who).allowed and not p.decide("prompts", "p1", Who({})).allowed

@@ -308,25 +308,43 @@ _JSON_VALUES = st.recursive(
 _JSON_NOISE = b'{}[]:,"\\ \t\n\r\x0b\x00\x1f-+.eE0129NIanfu/' + bytes([0x80, 0xBF, 0xC2, 0xE0, 0xED, 0xF0, 0xF4, 0xFF])
 
 
+_NAMES = st.one_of(
+    st.text(max_size=8), st.text("ab/_\\\"", max_size=6), st.sampled_from(["get_weather", "file:///a"]), _JSON_VALUES
+)
+_PARAMS = st.one_of(
+    st.fixed_dictionaries({}, optional={"name": _NAMES, "uri": _NAMES, "arguments": _JSON_VALUES, "_meta": _JSON_VALUES}),
+    _JSON_VALUES,
+)
+_IDS = st.one_of(
+    st.integers(-(10**20), 10**20), st.text(max_size=6), st.floats(), st.none(), st.booleans(), _JSON_VALUES
+)
+
+
 @st.composite
-def _jsonrpc_bodies(draw: st.DrawFn) -> bytes:
+def _jsonrpc_bodies(draw: st.DrawFn, policy: bool = False) -> bytes:
     """Messages as clients send them (a method or not, repeated, of any type), written with or
-    without spaces and escapes, then sometimes damaged: a byte replaced, inserted or cut."""
-    message: dict[str, Any] = draw(st.dictionaries(st.sampled_from(["jsonrpc", "id", "params", "x"]), _JSON_VALUES))
-    method = draw(st.one_of(st.text(max_size=12), st.sampled_from(["tools/call", "ping"]), _JSON_VALUES))
+    without spaces and escapes, then sometimes damaged: a byte replaced, inserted or cut. With
+    ``policy``, what a route's policy reads is drawn more often: params with a name or a uri,
+    ids of every JSON type, the methods a policy judges."""
+    members = ["jsonrpc", "id", "params", "x"]
+    values = {"id": _IDS, "params": _PARAMS} if policy else {}
+    keys = draw(st.lists(st.sampled_from(members), unique=True, min_size=2 if policy else 0))
+    message = {key: draw(values.get(key, _JSON_VALUES)) for key in keys}
+    named = ["tools/call", "ping", "prompts/get", "resources/read", "tools/list"] if policy else ["tools/call", "ping"]
+    method = draw(st.one_of(st.text(max_size=12), st.sampled_from(named), _JSON_VALUES))
     pairs = list(message.items())
-    if draw(st.booleans()):
+    if draw(st.booleans()) or policy:
         pairs.insert(draw(st.integers(0, len(pairs))), ("method", method))
-    if draw(st.integers(0, 5)) == 0:
-        pairs.append(("method", draw(_JSON_VALUES)))
+    if draw(st.integers(0, 5)) == (5 if policy else 0):  # (hypothesis draws 0 more often than 1 in 6)
+        pairs.append((draw(st.sampled_from(["method", "id"])), draw(_JSON_VALUES)))
     ascii_only, spaced = draw(st.booleans()), draw(st.booleans())
     separator = (", ", ": ") if spaced else (",", ":")
     text = "{" + separator[0].join(
         json.dumps(k, ensure_ascii=ascii_only) + separator[1] + json.dumps(v, ensure_ascii=ascii_only)
         for k, v in pairs
-    ) + "}" + draw(st.sampled_from(["", " \r\n\t", "\x0b", " x"]))
+    ) + "}" + draw(st.sampled_from(["", "", "", " \r\n\t", "\x0b", " x"] if policy else ["", " \r\n\t", "\x0b", " x"]))
     raw = bytearray(text.encode("utf-8", "surrogatepass"))
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]) if policy else st.integers(0, 2))):
         at = draw(st.integers(1, max(1, len(raw))))
         action = draw(st.sampled_from(["replace", "insert", "cut"]))
         byte = draw(st.sampled_from(list(_JSON_NOISE)))
@@ -424,6 +442,73 @@ def test_the_c_key_check_only_clears_bodies_without_repeated_keys(raw: bytes) ->
         json.loads(raw, object_pairs_hook=_refuse_duplicates)  # raises on a repeated key
     assert _jsonrpc.keys_unique(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')
     assert not _jsonrpc.keys_unique(b'{"method":"a","method":"b"}')
+
+
+def _strict_head(raw: bytes) -> object:
+    """What policy reads of ``raw`` after the checking parse (json.loads refusing repeated keys)."""
+    from mcpproxy.jsonrpc import head_of
+
+    data = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    assert isinstance(data, dict)
+    return head_of(data)
+
+
+def _typed(value: object) -> object:
+    """``value`` with each member's type beside it (``1 == True`` and ``1 == 1.0`` in Python)."""
+    return [(type(v), v) for v in value] if isinstance(value, tuple) else value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_jsonrpc_bodies(policy=True), _jsonrpc_bodies()))
+@example(b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","uri":5,"arguments":{"name":"x"}}}')
+@example(b'{"method":"tools/call","params":{"name":"\\u0074"}}')
+@example(b'{"method":"tools/call","params":{"n\\u0061me":"t"}}')
+@example(b'{"method":"tools/call","params":[{"name":"t"}]}')
+@example(b'{"method":"tools/call","params":{"name":"a","name":"b"}}')
+@example(b'{"method":"m","id":-0}')
+@example(b'{"method":"m","id":123456789012345678}')
+@example(b'{"method":"m","id":1234567890123456789}')
+@example(b'{"method":"m","id":1e2}')
+@example(b'{"method":"m","id":-Infinity}')
+@example(b'{"method":"m","id":true}')
+@example(b'{"method":"m","id":"\xed\xa0\x80"}')
+@example(b'{"x":{"method":"inner","id":2,"params":{"name":"inner"}},"method":"outer"}')
+def test_the_c_message_reader_agrees_with_the_checking_parse(raw: bytes) -> None:
+    """A route under a policy decides on what the C reader reads of a single message, without
+    building it; where it answers at all, the body is one object json.loads takes with no key
+    repeated, and the answer is what :func:`mcpproxy.jsonrpc.head_of` reads of that object."""
+    head = c_module("_jsonrpc").message_head(raw)
+    if head is not None:
+        assert _typed(head) == _typed(_strict_head(raw))
+
+
+def test_the_c_message_reader_answers_for_the_common_bodies() -> None:
+    """It defers to the full parse only where it must: the common tools/call, resources/read and
+    list bodies it reads itself."""
+    read = c_module("_jsonrpc").message_head
+    bodies = {
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get","arguments":{"q":"\\u00e9"}}}': (
+            "tools/call", True, 7, "get", None,
+        ),
+        b'{"jsonrpc":"2.0","id":"a-1","method":"resources/read","params":{"uri":"file:///x"}}': (
+            "resources/read", True, "a-1", None, "file:///x",
+        ),
+        b'{"jsonrpc":"2.0","id":null,"method":"tools/list"}': ("tools/list", True, None, None, None),
+        b'{"jsonrpc":"2.0","method":"notifications/initialized"} ': ("notifications/initialized", False, None, None, None),
+        b'{"jsonrpc":"2.0","id":3,"result":{}}': (None, True, 3, None, None),
+    }
+    for raw, expected in bodies.items():
+        assert read(raw) == expected
+        assert _typed(read(raw)) == _typed(_strict_head(raw))
+    for deferred in (
+        b'[{"method":"x"}]',
+        b'{"method":"\\u0078"}',
+        b'{"method":"x","id":1.5}',
+        b'{"method":"x","a":1,"a":1}',
+        b'{"method":"x"',
+        b'{"method":"x"} {}',
+    ):
+        assert read(deferred) is None
 
 
 _ENTRY: dict[str, object] = {
