@@ -292,13 +292,15 @@ static PyObject *text_of(const Want *want, int i, int *unsure) {
     return PyUnicode_DecodeUTF8((const char *)start + 1, stop - start - 2, "surrogatepass");
 }
 
-/* Body.method's single message (one scan, no key check): NULL and no error when unsure. */
+/* Whether the scan starts at a single message in UTF-8 (not a batch; a NUL second: UTF-16/32). */
+static int single_message(const Scan *s) { return s->end - s->p >= 2 && s->p[0] == '{' && s->p[1] != '\0'; }
+
+/* Body.method's single message (one scan, no key check); None when unsure. */
 static PyObject *method_label(PyObject *module, PyObject *raw) {
     (void)module;
     Scan s;
     if (start_scan(&s, raw, 0) < 0) return NULL;
-    const unsigned char *p = s.p;
-    if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
+    if (!single_message(&s)) Py_RETURN_NONE;
     Want top = {1, {"method"}, {NULL}, {NULL}, {NULL}};
     int r = value(&s, &top), unsure = 0;
     if (r == UNSURE) Py_RETURN_NONE;
@@ -341,8 +343,7 @@ static PyObject *message_head(PyObject *module, PyObject *raw) {
     (void)module;
     Scan s;
     if (start_scan(&s, raw, 1) < 0) return NULL;
-    const unsigned char *p = s.p;
-    if (s.end - p < 2 || p[0] != '{' || p[1] == '\0') Py_RETURN_NONE;
+    if (!single_message(&s)) Py_RETURN_NONE;
     Want params = {2, {"name", "uri"}, {NULL}, {NULL}, {NULL}};
     Want top = {3, {"method", "id", "params"}, {NULL, NULL, &params}, {NULL}, {NULL}};
     int r = value(&s, &top), unsure = 0;
