@@ -271,8 +271,10 @@ def calls_in(body: Body) -> list[Call]:
     """The name-bearing requests of a body (tools/call, prompts/get, resources/read)."""
     calls: list[Call] = []
     for index, (method, _, jsonrpc_id, name, uri) in enumerate(body.heads):
-        named = NAMED_METHODS.get(method) if method is not None else None
-        if method is not None and named is not None:
+        if method is None:
+            continue
+        named = NAMED_METHODS.get(method)
+        if named is not None:
             kind, key = named
             calls.append(Call(method, kind, name if key == "name" else uri, jsonrpc_id, body, index))
     return calls
