@@ -22,6 +22,10 @@
  *     media type in lower case, "" without one. A str is what is wrong with the head.
  * find_head_end(data: bytes | bytearray) -> int
  *     Where the head in data ends (just past its first CRLF CRLF), or -1.
+ * encode_head(start: str, lines: list[str], body: bytes) -> bytes
+ *     start, each line, each followed by CRLF, a blank line, then body: one message in one
+ *     bytes object, its text encoded as Latin-1 (UnicodeEncodeError past U+00FF). The relay's
+ *     lines are checked already; this only copies them.
  *
  * lines are the field lines as received, names their names in lower case; a pair is the name as
  * sent (a multidict istr for a common name, see common_names) and the value without surrounding
@@ -534,10 +538,58 @@ done:
     return result;
 }
 
+/* The Latin-1 length of a head's piece, or -1 with an exception set. A str is stored one byte a
+ * character whenever it can be, and those bytes are its Latin-1 encoding; any other str has a
+ * character past U+00FF, and the encoder raises the UnicodeEncodeError a caller expects. */
+static Py_ssize_t latin1_length(PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "a head's lines must be str");
+        return -1;
+    }
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) return PyUnicode_GET_LENGTH(text);
+    PyObject *encoded = PyUnicode_AsLatin1String(text);
+    if (encoded != NULL) {
+        Py_DECREF(encoded);
+        PyErr_SetString(PyExc_SystemError, "a wide str encoded as Latin-1");
+    }
+    return -1;
+}
+
+static PyObject *encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "encode_head(start: str, lines: list[str], body: bytes)");
+        return NULL;
+    }
+    PyObject *lines = args[1], *body = args[2];
+    Py_ssize_t count = PyList_GET_SIZE(lines), size = PyBytes_GET_SIZE(body) + 2;
+    for (Py_ssize_t i = -1; i < count; i++) {
+        Py_ssize_t n = latin1_length(i < 0 ? args[0] : PyList_GET_ITEM(lines, i));
+        if (n < 0) return NULL;
+        size += n + 2;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) return NULL;
+    char *at = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = -1; i < count; i++) {
+        PyObject *text = i < 0 ? args[0] : PyList_GET_ITEM(lines, i);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+        memcpy(at, PyUnicode_1BYTE_DATA(text), (size_t)n);
+        at += n;
+        *at++ = '\r';
+        *at++ = '\n';
+    }
+    *at++ = '\r';
+    *at++ = '\n';
+    memcpy(at, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"request_head", request_head, METH_O, "A whole request head the relay serves, in pieces, or None."},
     {"response_head", response_head, METH_O, "A whole response head, in pieces, or what is wrong with it."},
     {"find_head_end", find_head_end, METH_O, "Where the head in data ends (past its CRLF CRLF), or -1."},
+    {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL,
+     "start, lines and body as one message: CRLF after each, a blank line, Latin-1."},
     {NULL, NULL, 0, NULL},
 };
 

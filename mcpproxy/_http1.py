@@ -142,6 +142,12 @@ def find_head_end(data: bytes | bytearray) -> int:
     return end + 4 if end >= 0 else -1
 
 
+def encode_head(start: str, lines: list[str], body: bytes) -> bytes:
+    """``start`` and each line, each followed by CRLF, a blank line, then ``body``; the text
+    encoded as Latin-1 (``UnicodeEncodeError`` past U+00FF)."""
+    return "\r\n".join([start, *lines, "", ""]).encode("latin-1") + body
+
+
 def _named(names: list[str], values: list[str], name: str) -> list[str]:
     """The values of the fields called ``name`` (lower case), in order."""
     return [value for lower, value in zip(names, values, strict=True) if lower == name]

@@ -21,6 +21,7 @@ from typing import Final
 
 from multidict import CIMultiDict
 
+from mcpproxy._http1 import encode_head as encode_head  # the relay's, from here
 from mcpproxy._http1 import find_head_end as find_head_end  # the relay's, from here
 from mcpproxy._http1 import request_head, response_head
 
@@ -275,9 +276,8 @@ class ChunkDecoder(ChunkScanner):
 
 
 def encode_lines(start_line: str, lines: list[str]) -> bytes:
-    """A message head on the wire from its field lines ("Name: value", already checked): one
-    join (a ~1 KB token is copied once, and once more to bytes)."""
-    return "\r\n".join([start_line, *lines, "", ""]).encode("latin-1")
+    """A message head on the wire from its field lines ("Name: value", already checked)."""
+    return encode_head(start_line, lines, b"")
 
 
 def safe_value(value: str) -> bool:

@@ -34,7 +34,7 @@ from mcpproxy.http1 import (
     Framing,
     RequestHead,
     ResponseHead,
-    encode_lines,
+    encode_head,
     find_head_end,
     parse_request_head,
     safe_value,
@@ -463,7 +463,7 @@ class CallerConnection(asyncio.Protocol):
         if head.method == "POST" or body:
             lines.append("Content-Length: " + str(len(body)))
         try:
-            return encode_lines(start, lines) + body
+            return encode_head(start, lines, body)
         except UnicodeEncodeError:
             raise ProxyError(
                 502, "upstream request cannot be encoded", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
@@ -524,15 +524,15 @@ class CallerConnection(asyncio.Protocol):
         headers = CIMultiDict(response.headers)
         headers[CONTENT_LENGTH] = str(len(response.body))
         lines = field_lines(headers.items())
-        self.write(self.encode_head(response.status, response.reason, lines))
+        self.write(self.answer_head(response.status, response.reason, lines))
         self.write(response.body)
 
-    def encode_head(self, status: int, reason: str, lines: list[str]) -> bytes:
+    def answer_head(self, status: int, reason: str, lines: list[str]) -> bytes:
         """An answer's head from its field lines, with the connection's own fields added."""
         lines.append(_date_line())
         if self._close_after:
             lines.append("Connection: close")
-        return encode_lines(f"HTTP/1.1 {status} {reason}", lines)
+        return encode_head(f"HTTP/1.1 {status} {reason}", lines, b"")
 
     def write(self, data: bytes) -> None:
         if self._outlet is not None:
@@ -677,7 +677,7 @@ class _Exchange(ResponseSink):
             self._chunked_out = head.framing is Framing.CLOSE
         if self._is_sse:
             handler.metrics.open_streams.inc(route=runtime.name)
-        encoded = self._caller.encode_head(head.status, head.reason, lines)
+        encoded = self._caller.answer_head(head.status, head.reason, lines)
         if head.framing is Framing.LENGTH and head.length <= SMALL_BODY and not self._is_sse:
             self._held = [encoded]
             return
