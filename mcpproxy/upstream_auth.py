@@ -16,6 +16,7 @@ from mcpproxy.config.model import (
 )
 from mcpproxy.credentials import Subject
 from mcpproxy.errors import missing_credential
+from mcpproxy.http1 import safe_value
 from mcpproxy.secrets import Secret
 
 
@@ -50,11 +51,14 @@ class UpstreamCredential:
         self.header = istr(header) if header else None  # an istr, as the names in mcpproxy.headers
         self.retries_on_401 = isinstance(rule, ExchangeUpstreamAuth)
         self._static: str | None = None
+        self._static_safe = True
         #: The token last put in the header, and the header value made of it (see _formatted).
         self._last_token: Secret | None = None
         self._last_value = Secret("")
+        self._last_safe = True
         if isinstance(rule, StaticUpstreamAuth):
             self._static = rule.format.replace("{token}", rule.secret.reveal())
+            self._static_safe = safe_value(self._static)
 
     @property
     def needs_subject(self) -> bool:
@@ -83,9 +87,20 @@ class UpstreamCredential:
         made is kept (as a Secret) rather than copying the ~1 KB token into a new string each
         time."""
         if token is not self._last_token:
-            self._last_value = Secret(template.replace("{token}", token.reveal()))
+            value = template.replace("{token}", token.reveal())
+            self._last_value, self._last_safe = Secret(value), safe_value(value)
             self._last_token = token
         return self._last_value.reveal()
+
+    def header_safe(self, value: str) -> bool:
+        """:func:`~mcpproxy.http1.safe_value` of a value this credential produced, checked once
+        for the value :meth:`_formatted` keeps and for the static one (a ~1 KB token is
+        otherwise scanned three times a request)."""
+        if value is self._last_value.reveal():
+            return self._last_safe
+        if value is self._static:
+            return self._static_safe
+        return safe_value(value)
 
     def _value_now(self, subject: Subject | None) -> str | None:
         rule = self.rule

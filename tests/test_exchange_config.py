@@ -315,6 +315,24 @@ async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
     assert await credential.value(subject) == "Token first-token!"
 
 
+async def test_whether_a_value_can_go_in_a_header_follows_the_token_it_is_made_of() -> None:
+    """header_safe remembers the check for the value it keeps, and checks any other value."""
+    rule = load(te(header="X-Upstream-Token", format="Token {token}")).routes[0].auth.upstream
+    tokens = _Tokens()
+    credential = UpstreamCredential(rule, tokens)
+    subject = Subject(Secret("caller"), "authorization")
+    good = credential.value_now(subject)
+    assert isinstance(good, str)
+    assert credential.header_safe(good)
+    tokens.token = Secret("bad\r\nX-Injected: 1")  # an OAuth server's token with a line break
+    bad = credential.value_now(subject)
+    assert isinstance(bad, str)
+    assert not credential.header_safe(bad)
+    assert not credential.header_safe(credential.value_now(subject))  # the kept value, remembered
+    assert credential.header_safe(good)  # no longer the kept value: checked afresh
+    assert not credential.header_safe("Token a\0b")
+
+
 async def test_a_forwarded_value_follows_the_callers_token() -> None:
     credential = UpstreamCredential(ForwardUpstreamAuth(header="X-Token", format="Token {token}"))
     alice, bob = Subject(Secret("alice-token"), "authorization"), Subject(Secret("bob-token"), "authorization")

@@ -929,6 +929,32 @@ async def test_handover_malformed_head_answered_by_aiohttp(
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize("value", [b"Bearer sec\x00ret", b"Bearer sec\rret", b"Bearer sec\x01ret"])
+async def test_credential_with_a_control_character_is_left_to_aiohttp_and_never_relayed(
+    value: bytes, upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """The relay does not scan credential values for CR, LF and NUL (Incoming.plain_values):
+    its head parser hands any head with a control character in a field to aiohttp, which
+    refuses it."""
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid = new_rid()
+    raw = (
+        b"POST /raw/json HTTP/1.1\r\nHost: proxy.test\r\nX-Request-Id: " + rid.encode()
+        + b"\r\nAuthorization: " + value + b"\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: 2\r\n\r\n{}"
+    )
+    async with caller(port_of(proxy)) as conn:
+        answer = await conn.exchange(raw, timeout=3)
+    assert answer.status == 400, answer
+    assert "error" in answer.json()
+    assert b"sec" not in answer.body and b"ret" not in answer.body
+    assert upstream.seen == []
+    async with caller(port_of(proxy)) as conn:  # the relay still serves the next caller
+        rid = new_rid()
+        assert (await conn.exchange(post("/raw/json", rpc("ping", id_=1), rid))).status == 200
+    assert await via(rid) == "relay"
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Pipelining and fragmented input
 # --------------------------------------------------------------------------------------------

@@ -177,10 +177,18 @@ class RouteRuntime:
 class Incoming:
     """What judging a request reads of it, whichever server layer parsed it."""
 
-    __slots__ = ("has_body", "headers", "host", "method", "path", "remote", "scheme")
+    __slots__ = ("has_body", "headers", "host", "method", "path", "plain_values", "remote", "scheme")
 
     def __init__(
-        self, method: str, path: str, headers: Headers, host: str, remote: str, scheme: str, has_body: bool
+        self,
+        method: str,
+        path: str,
+        headers: Headers,
+        host: str,
+        remote: str,
+        scheme: str,
+        has_body: bool,
+        plain_values: bool = False,
     ) -> None:
         self.method = method
         self.path = path  # decoded, for logs
@@ -189,6 +197,9 @@ class Incoming:
         self.remote = remote  # the peer's address
         self.scheme = scheme
         self.has_body = has_body
+        #: Every field value is known to hold only HTAB, SP and visible ASCII (the relay's head
+        #: parser refuses anything else), so no credential value need be scanned for CR, LF, NUL.
+        self.plain_values = plain_values
 
 
 class Prepared:
@@ -385,7 +396,9 @@ class ProxyHandler:
     ) -> Subject | None:
         """The caller's credential, after refusing smuggled, duplicate or conflicting ones (the
         first step of :meth:`prepare`; the relay runs the steps itself, waiting only if it must)."""
-        check_credential_headers(incoming.headers, runtime.credential_names, self.max_credential)
+        check_credential_headers(
+            incoming.headers, runtime.credential_names, self.max_credential, incoming.plain_values
+        )
         subject = None
         sources = runtime.subject_sources
         if sources:

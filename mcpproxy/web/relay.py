@@ -37,7 +37,6 @@ from mcpproxy.http1 import (
     encode_head,
     find_head_end,
     parse_request_head,
-    safe_value,
 )
 from mcpproxy.jsonrpc import Body
 from mcpproxy.logs import PerSecond
@@ -173,6 +172,7 @@ class _Request:
             remote,
             "http",
             head.content_length > 0,
+            plain_values=True,
         )
         self.outcome = Outcome(route=runtime.name, via="relay")
         self.prepared: Prepared | None = None
@@ -451,7 +451,7 @@ class CallerConnection(asyncio.Protocol):
             replaced=credential.header,
         )
         if value is not None and credential.header:
-            if not safe_value(value):
+            if not credential.header_safe(value):
                 raise ProxyError(
                     502, "upstream credential unusable", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
                 )
