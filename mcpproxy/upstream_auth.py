@@ -51,14 +51,15 @@ class UpstreamCredential:
         self.header = istr(header) if header else None  # an istr, as the names in mcpproxy.headers
         self.retries_on_401 = isinstance(rule, ExchangeUpstreamAuth)
         self._static: str | None = None
-        self._static_safe = True
-        #: The token last put in the header, and the header value made of it (see _formatted).
+        self._static_line: Secret | None = None
+        #: The token last put in the header, the header value made of it (see _formatted), and
+        #: the field line carrying it (see header_line).
         self._last_token: Secret | None = None
         self._last_value = Secret("")
-        self._last_safe = True
+        self._last_line = self._line("")
         if isinstance(rule, StaticUpstreamAuth):
             self._static = rule.format.replace("{token}", rule.secret.reveal())
-            self._static_safe = safe_value(self._static)
+            self._static_line = self._line(self._static)
 
     @property
     def needs_subject(self) -> bool:
@@ -88,19 +89,25 @@ class UpstreamCredential:
         time."""
         if token is not self._last_token:
             value = template.replace("{token}", token.reveal())
-            self._last_value, self._last_safe = Secret(value), safe_value(value)
+            self._last_value, self._last_line = Secret(value), self._line(value)
             self._last_token = token
         return self._last_value.reveal()
 
-    def header_safe(self, value: str) -> bool:
-        """:func:`~mcpproxy.http1.safe_value` of a value this credential produced, checked once
-        for the value :meth:`_formatted` keeps and for the static one (a ~1 KB token is
-        otherwise scanned three times a request)."""
+    def header_line(self, value: str) -> str | None:
+        """The field line that carries ``value``, a value this credential produced (``Header:
+        value``), or None where it cannot go in a header (a CR, LF or NUL in it). Made once for
+        the value :meth:`_formatted` keeps and for the static one: a ~1 KB token would otherwise
+        be scanned three times and copied once more on every request."""
         if value is self._last_value.reveal():
-            return self._last_safe
-        if value is self._static:
-            return self._static_safe
-        return safe_value(value)
+            line = self._last_line
+        elif value is self._static:
+            line = self._static_line
+        else:
+            line = self._line(value)
+        return line.reveal() if line is not None else None
+
+    def _line(self, value: str) -> Secret | None:
+        return Secret(f"{self.header}: {value}") if safe_value(value) else None
 
     def _value_now(self, subject: Subject | None) -> str | None:
         rule = self.rule

@@ -24,7 +24,7 @@ from mcpproxy.config.exchange import (
     TokenExchangeSettings,
     needs_subject,
 )
-from mcpproxy.config.model import ExchangeUpstreamAuth, ForwardUpstreamAuth
+from mcpproxy.config.model import ExchangeUpstreamAuth, ForwardUpstreamAuth, StaticUpstreamAuth
 from mcpproxy.credentials import Subject
 from mcpproxy.secrets import Secret
 from mcpproxy.upstream_auth import UpstreamCredential
@@ -315,22 +315,33 @@ async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
     assert await credential.value(subject) == "Token first-token!"
 
 
-async def test_whether_a_value_can_go_in_a_header_follows_the_token_it_is_made_of() -> None:
-    """header_safe remembers the check for the value it keeps, and checks any other value."""
+async def test_the_field_line_follows_the_token_it_is_made_of() -> None:
+    """header_line keeps the line (and the check) for the value it keeps, and makes any other."""
     rule = load(te(header="X-Upstream-Token", format="Token {token}")).routes[0].auth.upstream
     tokens = _Tokens()
     credential = UpstreamCredential(rule, tokens)
     subject = Subject(Secret("caller"), "authorization")
     good = credential.value_now(subject)
     assert isinstance(good, str)
-    assert credential.header_safe(good)
+    line = credential.header_line(good)
+    assert line == "X-Upstream-Token: Token first-token"
+    assert credential.header_line(good) is line  # the kept value: the line made of it, kept
     tokens.token = Secret("bad\r\nX-Injected: 1")  # an OAuth server's token with a line break
     bad = credential.value_now(subject)
     assert isinstance(bad, str)
-    assert not credential.header_safe(bad)
-    assert not credential.header_safe(credential.value_now(subject))  # the kept value, remembered
-    assert credential.header_safe(good)  # no longer the kept value: checked afresh
-    assert not credential.header_safe("Token a\0b")
+    assert credential.header_line(bad) is None
+    assert credential.header_line(credential.value_now(subject)) is None  # remembered
+    assert credential.header_line(good) == line  # no longer the kept value: made afresh
+    assert credential.header_line("Token a\0b") is None
+
+
+def test_a_static_credential_line_is_made_once() -> None:
+    rule = StaticUpstreamAuth(header="X-Api-Key", format="{token}", secret=Secret("k3y"))
+    credential = UpstreamCredential(rule)
+    value = credential.value_now(None)
+    assert isinstance(value, str)
+    assert credential.header_line(value) == "X-Api-Key: k3y"
+    assert credential.header_line(value) is credential.header_line(value)
 
 
 async def test_a_forwarded_value_follows_the_callers_token() -> None:

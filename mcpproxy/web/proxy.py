@@ -422,16 +422,18 @@ class ProxyHandler:
         body: Body | None,
         request_id: str,
         outcome: Outcome,
+        no_lists: bool = False,
     ) -> Prepared:
         """The last step of :meth:`prepare`, once the subject and identity are known: policy and
-        the credential rule. (Each server layer builds the upstream headers its own way.)"""
+        the credential rule. (Each server layer builds the upstream headers its own way.)
+        ``no_lists``: the body is known to hold no list request, whose answer policy filters."""
         subject, identity = outcome.subject, outcome.identity
         list_filter = None
         if runtime.policy is not None:
             if body is not None:
                 check_routing_headers(body, incoming.headers)
                 enforce(runtime.policy, outcome.calls or (), identity, body)
-                lists = list_requests(body)
+                lists = None if no_lists else list_requests(body)
                 if lists:
                     list_filter = ListFilter.for_request(runtime.policy, identity, lists)
             elif incoming.method == "GET":

@@ -70,6 +70,8 @@ _now: Final = time.time
 
 #: Paths the aiohttp application answers itself.
 _OPERATIONAL: Final = ("/healthz", "/readyz", "/metrics", prm.WELL_KNOWN)
+#: The common answer's status line, made once rather than formatted on every answer.
+_OK: Final = "HTTP/1.1 200 OK"
 #: Seconds an idle caller connection is kept open (aiohttp's default keep-alive).
 KEEPALIVE_S = 75.0
 #: Bytes buffered from a caller while its current request is being answered.
@@ -373,7 +375,12 @@ class CallerConnection(asyncio.Protocol):
     def _judge(self, request: _Request) -> None:
         handler = request.handler
         request.prepared = handler.judge(
-            request.incoming, request.runtime, request.body, request.request_id, request.outcome
+            request.incoming,
+            request.runtime,
+            request.body,
+            request.request_id,
+            request.outcome,
+            no_lists=True,  # (_admissible handed any request with one to aiohttp)
         )
         handler.admit(request.runtime)
         request.admitted = True
@@ -451,14 +458,13 @@ class CallerConnection(asyncio.Protocol):
             replaced=credential.header,
         )
         if value is not None and credential.header:
-            if not credential.header_safe(value):
+            line = credential.header_line(value)
+            if line is None:
                 raise ProxyError(
                     502, "upstream credential unusable", JSONRPC_INTERNAL_ERROR, reason="bad_credential"
                 )
-            lines.append(f"{credential.header}: {value}")
-        origin = runtime.pool.origin
-        target = origin.target(request.match.upstream_url)
-        start = f"{head.method} {target} HTTP/1.1\r\nHost: {origin.host_header}"
+            lines.append(line)
+        start = runtime.pool.origin.start(head.method, request.match.upstream_url)
         body = request.body.raw if request.body is not None else b""
         if head.method == "POST" or body:
             lines.append("Content-Length: " + str(len(body)))
@@ -532,7 +538,8 @@ class CallerConnection(asyncio.Protocol):
         lines.append(_date_line())
         if self._close_after:
             lines.append("Connection: close")
-        return encode_head(f"HTTP/1.1 {status} {reason}", lines, b"")
+        start = _OK if status == 200 and reason == "OK" else f"HTTP/1.1 {status} {reason}"
+        return encode_head(start, lines, b"")
 
     def write(self, data: bytes) -> None:
         if self._outlet is not None:

@@ -66,10 +66,23 @@ class Origin:
         self.port = parts.port or (443 if self.tls else 80)
         self.host_header = parts.netloc.rpartition("@")[2]
         self.prefix = f"{parts.scheme}://{parts.netloc}"
+        #: The last start made (see start): the method and URL it was made for, and the text.
+        self._last: tuple[str, str, str] = ("", "", "")
 
     def target(self, url: str) -> str:
         """The origin-form request target of ``url`` (which lies on this origin)."""
         return url[len(self.prefix) :] or "/"
+
+    def start(self, method: str, url: str) -> str:
+        """A request's start line and Host field, for ``url`` (on this origin). The last one made
+        is kept: a route's requests go to one URL (its match is shared, so the same object),
+        mostly with one method, and formatting it took more than looking."""
+        last_method, last_url, text = self._last
+        if method is last_method and url is last_url:
+            return text
+        text = f"{method} {self.target(url)} HTTP/1.1\r\nHost: {self.host_header}"
+        self._last = (method, url, text)
+        return text
 
 
 _TLS: ssl.SSLContext | None = None
