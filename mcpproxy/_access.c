@@ -2,14 +2,15 @@
  *
  * access_line(route, method, path, mcp_method, status, bytes, duration_ms, request_id, via,
  *             upstream_ms, credential_source, subject_fingerprint, sub, error, detail,
- *             timestamp) -> str
+ *             second, micros) -> str
  *     One JSON object of the fields in this order and its newline, as the Python twin writes
  *     it: the optional ones (from upstream_ms) left out when None or empty, mcp_method written
  *     as null when None; every text a str (TypeError otherwise: a Secret cannot be written),
  *     escaped as json.dumps escapes it with ASCII output; status and bytes in decimal;
  *     durations in milliseconds with three decimals, from the value in thousandths rounded
- *     half up (a negative one as "%.3f" writes it); timestamp as it is (ASCII, ValueError
- *     otherwise: the line is built as ASCII).
+ *     half up (a negative one as "%.3f" writes it); the timestamp as second (as it is: ASCII,
+ *     ValueError otherwise, as the line is built as ASCII), ".", micros in six digits (0 to
+ *     999999, ValueError otherwise) and "Z".
  *
  * The access line is the one log line every request writes; the twin builds a dozen strings
  * (a formatted number, a quoted text) and joins them, this writes the line once into a buffer.
@@ -105,10 +106,10 @@ static int put_json_str(Out *o, PyObject *text) {
     return 0;
 }
 
-/* An ASCII str as it is (the timestamp). */
+/* An ASCII str as it is (the timestamp's second). */
 static int put_ascii(Out *o, PyObject *text) {
     if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) {
-        PyErr_SetString(PyExc_ValueError, "the access line's timestamp must be an ASCII str");
+        PyErr_SetString(PyExc_ValueError, "the access line's second must be an ASCII str");
         return -1;
     }
     return put(o, (const char *)PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
@@ -139,6 +140,17 @@ static int put_int(Out *o, PyObject *number) {
     if (v == -1 && !overflow && PyErr_Occurred()) return -1;
     if (overflow || v < 0) return put_text_of(o, number); /* not a count: int's own text */
     return put_decimal(o, (unsigned long long)v, 1);
+}
+
+/* "." and the timestamp's microseconds in six digits. */
+static int put_micros(Out *o, PyObject *micros) {
+    long v = PyLong_AsLong(micros);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || v > 999999) {
+        PyErr_SetString(PyExc_ValueError, "the access line's micros must be 0 to 999999");
+        return -1;
+    }
+    return put(o, ".", 1) < 0 ? -1 : put_decimal(o, (unsigned long long)v, 6);
 }
 
 /* Milliseconds with three decimals (see the module comment). */
@@ -195,14 +207,14 @@ static int put_line(Out *o, PyObject *const *a) {
                    put_optional(o, ",\"sub\":", a[12]) < 0 || put_optional(o, ",\"error\":", a[13]) < 0 ||
                    put_optional(o, ",\"detail\":", a[14]) < 0 ||
                    PUT_LITERAL(o, ",\"event\":\"request\",\"level\":\"info\",\"timestamp\":\"") < 0 ||
-                   put_ascii(o, a[15]) < 0 || PUT_LITERAL(o, "\"}\n") < 0
+                   put_ascii(o, a[15]) < 0 || put_micros(o, a[16]) < 0 || PUT_LITERAL(o, "Z\"}\n") < 0
                ? -1
                : 0;
 }
 
 static PyObject *access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 16) {
-        PyErr_Format(PyExc_TypeError, "access_line() takes 16 arguments (%zd given)", nargs);
+    if (nargs != 17) {
+        PyErr_Format(PyExc_TypeError, "access_line() takes 17 arguments (%zd given)", nargs);
         return NULL;
     }
     Out o;

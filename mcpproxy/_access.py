@@ -40,12 +40,18 @@ def access_line(
     sub: str | None,
     error: str | None,
     detail: str | None,
-    timestamp: str,
+    second: str,
+    micros: int,
 ) -> str:
     """One access line, a JSON object of the fields in this order and its newline; the optional
     ones (from ``upstream_ms``) left out when None or empty, ``mcp_method`` written as ``null``
     when None. Every text is a str (``TypeError`` otherwise), written as ``json.dumps`` writes it
-    with ASCII output; durations with three decimals (:func:`_millis`); ``timestamp`` as it is."""
+    with ASCII output; durations with three decimals (:func:`_millis`); the timestamp as
+    ``second`` (ASCII, as the line is), ``micros`` in six digits (0 to 999999) and ``Z``."""
+    if not second.isascii():
+        raise ValueError("the access line's second must be an ASCII str")
+    if not 0 <= micros <= 999_999:
+        raise ValueError("the access line's micros must be 0 to 999999")
     parts = [
         f'{{"route":{_quoted(route)},"method":{_quoted(method)},"path":{_quoted(path)},'
         f'"mcp_method":{"null" if mcp_method is None else _quoted(mcp_method)},'
@@ -64,7 +70,7 @@ def access_line(
         parts.append(',"error":' + _quoted(error))
     if detail:
         parts.append(',"detail":' + _json_str(detail))
-    parts.append(f',"event":"request","level":"info","timestamp":"{timestamp}"}}\n')
+    parts.append(f',"event":"request","level":"info","timestamp":"{second}.{micros:06d}Z"}}\n')
     return "".join(parts)
 
 

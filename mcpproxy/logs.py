@@ -118,13 +118,14 @@ class AccessEntry:
         self.detail = detail
 
 
-def encode_access(entry: AccessEntry, timestamp: str) -> str:
+def encode_access(entry: AccessEntry, second: str, micros: int) -> str:
     """One access line, a JSON object with its newline (:func:`mcpproxy._access.access_line`).
 
     Written out field by field: the generic JSON encoder over a dict (with the key-name
     redaction pass the other log lines get) cost about three times as much, and a ``%`` template
     with float formats still twice as much, on the one log line every request writes
-    (bench/PROFILE.md); in C (``mcpproxy/_access.c``), about half again."""
+    (bench/PROFILE.md); in C (``mcpproxy/_access.c``), about half again. The timestamp is
+    ``second`` (ISO 8601 UTC to the second), ``micros`` and ``Z``."""
     return access_line(
         entry.route,
         entry.method,
@@ -141,12 +142,9 @@ def encode_access(entry: AccessEntry, timestamp: str) -> str:
         entry.sub,
         entry.error,
         entry.detail,
-        timestamp,
+        second,
+        micros,
     )
-
-
-#: "000" to "999": the digits of a timestamp's microseconds, three at a time.
-_THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
 def access(entry: AccessEntry) -> None:
@@ -158,7 +156,8 @@ def access(entry: AccessEntry) -> None:
     if not _ACCESS.enabled:
         return
     pending = _ACCESS.pending
-    pending.append(encode_access(entry, _timestamp()))
+    second, micros = _clock()
+    pending.append(encode_access(entry, second, micros))
     if len(pending) >= _MAX_PENDING:
         flush()
     elif len(pending) == 1:
@@ -195,13 +194,12 @@ _SECOND: Final = PerSecond(_iso_second)
 _now: Final = time.time
 
 
-def _timestamp() -> str:
-    """Now in ISO 8601 UTC with microseconds, as structlog writes it; the part up to the
-    seconds is formatted once a second, the microseconds from a table of three-digit texts."""
+def _clock() -> tuple[str, int]:
+    """Now as the access line's timestamp is written (structlog's form, ISO 8601 UTC with
+    microseconds): the part up to the seconds, formatted once a second, and the microseconds."""
     now = _now()
     whole = int(now)
-    micros = int((now - whole) * 1_000_000)
-    return f"{_SECOND.at(whole)}.{_THREE[micros // 1000]}{_THREE[micros % 1000]}Z"
+    return _SECOND.at(whole), int((now - whole) * 1_000_000)
 
 
 def flush() -> None:

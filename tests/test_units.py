@@ -28,7 +28,7 @@ from mcpproxy.headers import (
     upstream_request_lines,
 )
 from mcpproxy.http1 import parse_response_head
-from mcpproxy.logs import AccessEntry, _timestamp, encode_access
+from mcpproxy.logs import AccessEntry, _clock, encode_access
 from mcpproxy.metrics import DEFAULT_BUCKETS, Registry
 from mcpproxy.routing import RouteTable, check_target, rewrite_endpoint, upstream_url
 from mcpproxy.secrets import Secret
@@ -542,7 +542,7 @@ _ENTRY: dict[str, object] = {
     ],
 )
 def test_access_line_is_one_json_object_of_its_fields(fields: dict[str, Any]) -> None:
-    line = encode_access(AccessEntry(**fields), "2026-11-22T10:00:00.000001Z")
+    line = encode_access(AccessEntry(**fields), "2026-11-22T10:00:00", 1)
     assert line.endswith("}\n") and line.count("\n") == 1 and line.isascii()
     expected: dict[str, object] = {
         key: fields[key] for key in _ACCESS_ORDER if fields.get(key) or key in _ACCESS_ALWAYS
@@ -589,39 +589,52 @@ _durations = st.floats(min_value=-1e6, max_value=1e13, allow_nan=False) | st.sam
     texts=st.tuples(_texts, _texts, _texts, _optional_texts, _texts, _texts),
     optional=st.tuples(*[_optional_texts] * 5),
     numbers=st.tuples(st.integers(-1, 999), st.integers(0, 2**70), _durations, st.none() | _durations),
-    timestamp=st.from_regex(r"\A[0-9T:.Z-]{0,30}\Z"),  # written as it is: the proxy's own clock
+    second=st.from_regex(r"\A[0-9T:-]{0,20}\Z") | st.sampled_from(["2026-11-22T10:00:0\u00e9"]),
+    micros=st.integers(0, 999_999) | st.sampled_from([-1, 1_000_000, 2**70]),
 )
 def test_c_access_line_agrees_with_the_python_twin(
     texts: tuple[str, str, str, str | None, str, str],
     optional: tuple[str | None, ...],
     numbers: tuple[int, int, float, float | None],
-    timestamp: str,
+    second: str,
+    micros: int,
 ) -> None:
     built = c_module("_access")
     route, method, path, mcp_method, request_id, via = texts
     status, size, duration, upstream = numbers
-    args = (route, method, path, mcp_method, status, size, duration, request_id, via, upstream, *optional, timestamp)
-    line = built.access_line(*args)
-    assert line == _ACCESS_REFERENCE.access_line(*args)
-    assert json.loads(line)["path"] == path
+    args = (route, method, path, mcp_method, status, size, duration, request_id, via, upstream, *optional)
+    if not second.isascii() or not 0 <= micros <= 999_999:
+        for module in (built, _ACCESS_REFERENCE):
+            with pytest.raises((ValueError, OverflowError)):
+                module.access_line(*args, second, micros)
+        return
+    line = built.access_line(*args, second, micros)
+    assert line == _ACCESS_REFERENCE.access_line(*args, second, micros)
+    decoded = json.loads(line)
+    assert decoded["path"] == path
+    assert decoded["timestamp"] == f"{second}.{micros:06d}Z"
 
 
 def test_c_access_line_refuses_what_the_twin_refuses() -> None:
     import mcpproxy._access as built  # the C module where it is built, else the twin itself
 
-    fields = ("r", "POST", "/p", None, 200, 1, 1.0, "id", "relay", None, None, None, None, None, None, "t")
+    fields = ("r", "POST", "/p", None, 200, 1, 1.0, "id", "relay", None, None, None, None, None, None, "t", 5)
     for module in (built, _ACCESS_REFERENCE):
-        assert module.access_line(*fields).endswith('"timestamp":"t"}\n')
+        assert module.access_line(*fields).endswith('"timestamp":"t.000005Z"}\n')
         with pytest.raises(TypeError):
             module.access_line(*fields[:12], Secret("planted-token-123456"), *fields[13:])
         with pytest.raises((ValueError, OverflowError)):
             module.access_line(*fields[:6], float("inf"), *fields[7:])
+        with pytest.raises(ValueError):
+            module.access_line(*fields[:16], 1_000_000)
 
 
 def test_access_timestamp_is_now_in_iso_8601_with_microseconds() -> None:
     before = time.time()
-    written = _timestamp()
+    second, micros = _clock()
     after = time.time()
+    line = encode_access(AccessEntry(**_ENTRY), second, micros)
+    written = json.loads(line)["timestamp"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written)
     seconds = time.mktime(time.strptime(written[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert int(before) - 1 <= seconds + int(written[20:26]) / 1e6 <= after + 1e-6
