@@ -282,14 +282,41 @@ static int start_scan(Scan *s, PyObject *raw, int unique_keys) {
 
 /* A wanted member's string value (the span of its JSON text), NULL with *unsure set when it
  * holds an escape (only the full parse decodes those), Py_None when it is absent or no string. */
-static PyObject *text_of(const Want *want, int i, int *unsure) {
+/* The MCP methods as shared (interned) strs: a request's method is one of these nearly always,
+ * and a shared str is not decoded again, and its hash (policy's and the metrics' lookups) is
+ * computed once. */
+static const char *const known_methods[] = {
+    "tools/call", "tools/list", "initialize", "notifications/initialized", "ping",
+    "resources/read", "resources/list", "resources/templates/list", "prompts/get", "prompts/list",
+    "notifications/cancelled", "notifications/progress", "completion/complete", "logging/setLevel",
+};
+#define KNOWN_METHODS (sizeof known_methods / sizeof known_methods[0])
+static PyObject *known_strs[KNOWN_METHODS];
+static size_t known_lengths[KNOWN_METHODS];
+
+static PyObject *known_method(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < KNOWN_METHODS; i++)
+        if (known_lengths[i] == n && memcmp(known_methods[i], s, n) == 0) return Py_NewRef(known_strs[i]);
+    return NULL;
+}
+
+/* A string member's text; for a method, the shared str where it is a known one. */
+static PyObject *text_of(const Want *want, int i, int *unsure, int is_method) {
     const unsigned char *start = want->start[i], *stop = want->stop[i];
     if (start == NULL || *start != '"') return Py_NewRef(Py_None);
-    if (memchr(start + 1, '\\', (size_t)(stop - start - 2)) != NULL) {
+    size_t n = (size_t)(stop - start - 2);
+    if (memchr(start + 1, '\\', n) != NULL) {
         *unsure = 1;
         return NULL;
     }
-    return PyUnicode_DecodeUTF8((const char *)start + 1, stop - start - 2, "surrogatepass");
+    PyObject *known = is_method ? known_method(start + 1, n) : NULL;
+    if (known != NULL) return known;
+    int ascii = 1;
+    for (size_t k = 1; k <= n && ascii; k++) ascii = start[k] < 0x80;
+    if (!ascii) return PyUnicode_DecodeUTF8((const char *)start + 1, (Py_ssize_t)n, "surrogatepass");
+    PyObject *text = PyUnicode_New((Py_ssize_t)n, 127);
+    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), start + 1, n);
+    return text;
 }
 
 /* Whether the scan starts at a single message in UTF-8 (not a batch; a NUL second: UTF-16/32). */
@@ -306,7 +333,7 @@ static PyObject *method_label(PyObject *module, PyObject *raw) {
     if (r == UNSURE) Py_RETURN_NONE;
     skip_ws(&s);
     if (r == BAD || s.p != s.end) return PyUnicode_FromString("-");
-    PyObject *method = text_of(&top, 0, &unsure);
+    PyObject *method = text_of(&top, 0, &unsure, 1);
     if (method == Py_None) {
         Py_DECREF(method);
         return PyUnicode_FromString("response");
@@ -323,20 +350,21 @@ static PyObject *id_of(const Want *want, int i, int *unsure) {
     if (start == NULL) return Py_NewRef(Py_None);
     switch (*start) {
     case '"':
-        return text_of(want, i, unsure);
+        return text_of(want, i, unsure, 0);
     case 'n': case 't': case 'f': case '{': case '[':
         return Py_NewRef(Py_None);
     }
-    char digits[20];
     size_t n = (size_t)(stop - start);
     if (n > 19 || memchr(start, '.', n) || memchr(start, 'e', n) || memchr(start, 'E', n) ||
         memchr(start, 'N', n) || memchr(start, 'I', n) || n - (*start == '-') > 18) {
         *unsure = 1;
         return NULL;
     }
-    memcpy(digits, start, n);
-    digits[n] = '\0';
-    return PyLong_FromString(digits, NULL, 10);
+    /* at most 18 digits (the scan checked the grammar): a long long holds it */
+    int negative = *start == '-';
+    long long v = 0;
+    for (const unsigned char *c = start + negative; c < stop; c++) v = v * 10 + (*c - '0');
+    return PyLong_FromLongLong(negative ? -v : v);
 }
 
 static PyObject *message_head(PyObject *module, PyObject *raw) {
@@ -349,8 +377,8 @@ static PyObject *message_head(PyObject *module, PyObject *raw) {
     int r = value(&s, &top), unsure = 0;
     skip_ws(&s);
     if (r != 0 || s.p != s.end) Py_RETURN_NONE;
-    PyObject *fields[4] = {text_of(&top, 0, &unsure), id_of(&top, 1, &unsure), text_of(&params, 0, &unsure),
-                           text_of(&params, 1, &unsure)};
+    PyObject *fields[4] = {text_of(&top, 0, &unsure, 1), id_of(&top, 1, &unsure), text_of(&params, 0, &unsure, 0),
+                           text_of(&params, 1, &unsure, 0)};
     PyObject *head = NULL;
     if (fields[0] != NULL && fields[1] != NULL && fields[2] != NULL && fields[3] != NULL)
         head = PyTuple_Pack(5, fields[0], top.start[1] != NULL ? Py_True : Py_False, fields[1], fields[2], fields[3]);
@@ -384,5 +412,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__jsonrpc(void) {
     for (int c = 0; c < 256; c++) stops_string[c] = c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
+    for (size_t i = 0; i < KNOWN_METHODS; i++) {
+        known_lengths[i] = strlen(known_methods[i]);
+        if (known_strs[i] == NULL && (known_strs[i] = PyUnicode_InternFromString(known_methods[i])) == NULL)
+            return NULL;
+    }
     return PyModule_Create(&module);
 }

@@ -7,6 +7,7 @@ import hashlib
 import json
 import pickle
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -496,11 +497,18 @@ def test_the_c_message_reader_answers_for_the_common_bodies() -> None:
         b'{"jsonrpc":"2.0","id":null,"method":"tools/list"}': ("tools/list", True, None, None, None),
         b'{"jsonrpc":"2.0","method":"notifications/initialized"} ': ("notifications/initialized", False, None, None, None),
         b'{"jsonrpc":"2.0","id":3,"result":{}}': (None, True, 3, None, None),
+        b'{"jsonrpc":"2.0","id":-0,"method":"ping"}': ("ping", True, 0, None, None),
+        b'{"id":-123456789012345678,"method":"m\xc3\xa9"}': ("m\u00e9", True, -123456789012345678, None, None),
+        b'{"id":123456789012345678,"method":"tools/callx"}': ("tools/callx", True, 123456789012345678, None, None),
     }
     for raw, expected in bodies.items():
         assert read(raw) == expected
         assert _typed(read(raw)) == _typed(_strict_head(raw))
+    # a known method is the shared str (its hash made once), another a new one
+    assert read(b'{"id":1,"method":"tools/call"}')[0] is sys.intern("tools/call")
+    assert read(b'{"id":1,"method":"tools/callx"}')[0] is not sys.intern("tools/callx")
     for deferred in (
+        b'{"method":"x","id":1234567890123456789}',
         b'[{"method":"x"}]',
         b'{"method":"\\u0078"}',
         b'{"method":"x","id":1.5}',
