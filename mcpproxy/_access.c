@@ -52,6 +52,10 @@ static int put(Out *o, const char *s, Py_ssize_t n) {
 
 static const char hex_digits[] = "0123456789abcdef";
 
+/* The bytes a JSON string holds as they are: printable ASCII but '"' and '\\' (one table lookup
+ * a byte, where four comparisons were). */
+static unsigned char plain[256];
+
 static void put_u_escape(Out *o, Py_UCS4 c) {
     char *w = o->p + o->len;
     w[0] = '\\', w[1] = 'u', w[2] = hex_digits[(c >> 12) & 15], w[3] = hex_digits[(c >> 8) & 15];
@@ -73,7 +77,7 @@ static int put_json_str(Out *o, PyObject *text) {
     Py_ssize_t i = 0;
     if (kind == PyUnicode_1BYTE_KIND) { /* the common text: a run that needs no escape, copied */
         const unsigned char *bytes = data;
-        while (i < n && bytes[i] >= 0x20 && bytes[i] <= 0x7e && bytes[i] != '"' && bytes[i] != '\\') i++;
+        while (i < n && plain[bytes[i]]) i++;
         memcpy(o->p + o->len, bytes, (size_t)i);
         o->len += i;
     }
@@ -245,4 +249,7 @@ static struct PyModuleDef module = {
     NULL,
 };
 
-PyMODINIT_FUNC PyInit__access(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__access(void) {
+    for (int c = 0x20; c < 0x7f; c++) plain[c] = c != '"' && c != '\\';
+    return PyModule_Create(&module);
+}
