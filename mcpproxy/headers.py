@@ -159,7 +159,8 @@ def upstream_request_lines(
         dropped = dropped | connection_named(incoming)
         out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
     prior = _prior_hops(incoming) if X_FORWARDED_FOR in incoming else ""
-    out += _forwarding(prior, client_ip, scheme, host, request_id)
+    out.extend(_HOPS.lines_for(prior, client_ip, scheme, host))
+    out.append("X-Request-Id: " + request_id)
     return out
 
 
@@ -183,16 +184,45 @@ def _prior_hops(incoming: Headers) -> str:
     return ", ".join(incoming.getall(X_FORWARDED_FOR, ()))
 
 
+class _Hops:
+    """The forwarding lines last made, and what they were made of: a caller connection's
+    requests come from one address, by one scheme, mostly with one Host, so they are made once
+    rather than concatenated anew on every request."""
+
+    __slots__ = ("client_ip", "host", "lines", "prior", "scheme")
+
+    def __init__(self) -> None:
+        self.prior = self.client_ip = self.scheme = self.host = ""
+        self.lines: tuple[str, ...] = ()
+
+    def lines_for(self, prior: str, client_ip: str, scheme: str, host: str) -> tuple[str, ...]:
+        if (
+            client_ip == self.client_ip
+            and prior == self.prior
+            and host == self.host
+            and scheme == self.scheme
+            and self.lines
+        ):
+            return self.lines
+        lines = [
+            "X-Forwarded-For: " + (f"{prior}, {client_ip}" if prior else client_ip),
+            "X-Forwarded-Proto: " + scheme,
+        ]
+        if host:
+            lines.append("X-Forwarded-Host: " + host)
+        self.prior, self.client_ip, self.scheme, self.host = prior, client_ip, scheme, host
+        self.lines = tuple(lines)
+        return self.lines
+
+
+_HOPS: Final = _Hops()
+
+
 def _forwarding(prior: str, client_ip: str, scheme: str, host: str, request_id: str) -> list[str]:
     """The field lines the proxy sets on every upstream request, in place of any the caller sent
     (as lines: the relay's form, on every request; the multidict form splits them again).
     ``prior``: the caller's own X-Forwarded-For, the hops before it."""
-    lines = [
-        "X-Forwarded-For: " + (f"{prior}, {client_ip}" if prior else client_ip),
-        "X-Forwarded-Proto: " + scheme,
-    ]
-    if host:
-        lines.append("X-Forwarded-Host: " + host)
+    lines = list(_HOPS.lines_for(prior, client_ip, scheme, host))
     lines.append("X-Request-Id: " + request_id)
     return lines
 

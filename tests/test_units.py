@@ -738,19 +738,27 @@ _REQUEST_NAMES = [
         ),
         max_size=10,
     ),
-    host=st.sampled_from(["h.example", ""]),
+    host=st.sampled_from(["h.example", "", "h2.example"]),
     replaced=st.sampled_from([None, "Authorization", "X-Upstream-Key", "x-tenant"]),
+    client=st.tuples(st.sampled_from(["10.0.0.9", "::1"]), st.sampled_from(["http", "https"])),
 )
-@example(fields=[("X-Tenant", "a"), ("Connection", "close, x-tenant")], host="h", replaced=None)
-@example(fields=[("X-Upstream-Key", "a"), ("X-Forwarded-Host", "b")], host="", replaced="X-Upstream-Key")
+@example(fields=[("X-Tenant", "a"), ("Connection", "close, x-tenant")], host="h", replaced=None, client=("a", "http"))
+@example(
+    fields=[("X-Upstream-Key", "a"), ("X-Forwarded-Host", "b")],
+    host="",
+    replaced="X-Upstream-Key",
+    client=("a", "http"),
+)
 def test_request_policy_on_lines_agrees_with_the_multidict_form(
-    fields: list[tuple[str, str]], host: str, replaced: str | None
+    fields: list[tuple[str, str]], host: str, replaced: str | None, client: tuple[str, str]
 ) -> None:
+    """(The forwarding lines are kept from one request to the next while the client, scheme,
+    Host and prior hops stay the same: the examples change them in every way.)"""
     allowed = route_allowlist(["x-tenant", "x-upstream-key", "x-forwarded-for", "x-forwarded-host"], [])
     lines = [f"{name}: {value}" for name, value in fields]
     incoming = CIMultiDict(fields)
     names = [name.lower() for name, _ in fields]
-    context = {"client_ip": "10.0.0.9", "scheme": "http", "host": host, "request_id": "rid"}
+    context = {"client_ip": client[0], "scheme": client[1], "host": host, "request_id": "rid"}
     got = upstream_request_lines(names, lines, incoming, allowed, replaced=replaced, **context)
     expected = upstream_request_headers(incoming, allowed, **context)
     if replaced is not None:
@@ -758,6 +766,11 @@ def test_request_policy_on_lines_agrees_with_the_multidict_form(
         got.append(f"{replaced}: credential")
     sent = [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in got)]
     assert _by_name(sent) == _by_name(expected.items())
+    by_name = _by_name(sent)
+    assert by_name["x-forwarded-for"][0].rsplit(", ", 1)[-1] == client[0]
+    assert by_name["x-forwarded-proto"] == [client[1]]
+    if host:
+        assert by_name["x-forwarded-host"] == [host]
 
 
 def _by_name(fields: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
