@@ -147,11 +147,13 @@ def encode_access(entry: AccessEntry, second: str, micros: int) -> str:
     )
 
 
-def access(entry: AccessEntry) -> None:
+def access(entry: AccessEntry, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Write one access line (event ``request``) to the log stream.
 
     The access line is the one log line every request writes; the lines of one event-loop
-    iteration go out in one write (one system call) instead of one each.
+    iteration go out in one write (one system call) instead of one each. ``loop``: the running
+    loop, where the caller has it at hand (``asyncio.get_running_loop`` makes a ``getpid``
+    system call on Python 3.11, to notice a fork).
     """
     if not _ACCESS.enabled:
         return
@@ -161,10 +163,13 @@ def access(entry: AccessEntry) -> None:
     if len(pending) >= _MAX_PENDING:
         flush()
     elif len(pending) == 1:
-        try:
-            asyncio.get_running_loop().call_soon(flush)
-        except RuntimeError:  # no loop (a tool, a test): write now
-            flush()
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool, a test): write now
+                flush()
+                return
+        loop.call_soon(flush)
 
 
 class PerSecond:

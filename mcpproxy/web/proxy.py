@@ -649,7 +649,15 @@ class ProxyHandler:
 
     # --- logs and metrics -------------------------------------------------------------------
 
-    def record(self, incoming: Incoming, outcome: Outcome, request_id: str, started: float) -> None:
+    def record(
+        self,
+        incoming: Incoming,
+        outcome: Outcome,
+        request_id: str,
+        started: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Count the request and write its access line (``loop``: the running loop, if at hand)."""
         self.metrics.requests.add((outcome.route, incoming.method, outcome.mcp_method, str(outcome.status)))
         if self.audit is not None and outcome.calls:
             self._audit(self.audit, outcome, request_id, _monotonic() - started)
@@ -673,7 +681,8 @@ class ProxyHandler:
                 identity.sub if identity is not None else None,
                 outcome.error,
                 outcome.detail,
-            )
+            ),
+            loop,
         )
 
     def _audit(self, audit: AuditLog, outcome: Outcome, request_id: str, duration_s: float) -> None:

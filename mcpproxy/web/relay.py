@@ -106,8 +106,10 @@ class Relay:
         self.handover = handover
         self.connections: set[CallerConnection] = set()
         self.closing = False
+        #: The loop (asyncio.get_running_loop makes a getpid system call on Python 3.11).
+        self.loop = asyncio.get_running_loop()
         #: The writes of every connection, caller and upstream, sent at the end of each loop iteration.
-        self.writes = WriteBatch(asyncio.get_running_loop())
+        self.writes = WriteBatch(self.loop)
 
     def served(self) -> _Served:
         """What the state now serving requests says about serving one (a reload makes a new one)."""
@@ -196,7 +198,7 @@ class CallerConnection(asyncio.Protocol):
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
-        self._loop = asyncio.get_running_loop()
+        self._loop = relay.loop
         #: The loop's clock, looked up once (see Outlet).
         self._clock: Callable[[], float] = self._loop.time
         self.transport: asyncio.Transport | None = None
@@ -498,7 +500,9 @@ class CallerConnection(asyncio.Protocol):
         self._request = self._exchange = self._task = None
         if request.admitted:
             request.runtime.in_flight -= 1
-        request.handler.record(request.incoming, request.outcome, request.request_id, request.started)
+        request.handler.record(
+            request.incoming, request.outcome, request.request_id, request.started, self._loop
+        )
         self._answered(keep_alive)
 
     def refuse(self, request: _Request, exc: Exception) -> None:
