@@ -280,8 +280,6 @@ static int start_scan(Scan *s, PyObject *raw, int unique_keys) {
     return 0;
 }
 
-/* A wanted member's string value (the span of its JSON text), NULL with *unsure set when it
- * holds an escape (only the full parse decodes those), Py_None when it is absent or no string. */
 /* The MCP methods as shared (interned) strs: a request's method is one of these nearly always,
  * and a shared str is not decoded again, and its hash (policy's and the metrics' lookups) is
  * computed once. */
@@ -300,7 +298,9 @@ static PyObject *known_method(const unsigned char *s, size_t n) {
     return NULL;
 }
 
-/* A string member's text; for a method, the shared str where it is a known one. */
+/* A wanted member's string value (the span of its JSON text), NULL with *unsure set when it
+ * holds an escape (only the full parse decodes those), Py_None when it is absent or no string;
+ * for a method, the shared str where it is a known one. */
 static PyObject *text_of(const Want *want, int i, int *unsure, int is_method) {
     const unsigned char *start = want->start[i], *stop = want->stop[i];
     if (start == NULL || *start != '"') return Py_NewRef(Py_None);

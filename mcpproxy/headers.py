@@ -87,7 +87,7 @@ MCP_NAME: Final = istr("Mcp-Name")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
-#: Request fields the proxy sets itself (:func:`_forwarding`, with or without X-Forwarded-Host):
+#: Request fields the proxy sets itself (:func:`_add_forwarding`, with or without X-Forwarded-Host):
 #: never the caller's.
 _PROXY_SET: Final = frozenset(
     name.lower() for name in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, REQUEST_ID)
@@ -129,7 +129,9 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in allowed and lower not in dropped:
             out.add(name, value)
-    for line in _forwarding(_prior_hops(incoming), client_ip, scheme, host, request_id):
+    forwarding: list[str] = []
+    _add_forwarding(forwarding, _prior_hops(incoming), client_ip, scheme, host, request_id)
+    for line in forwarding:
         name, _, value = line.partition(": ")
         out[name] = value
     return out
@@ -159,8 +161,7 @@ def upstream_request_lines(
         dropped = dropped | connection_named(incoming)
         out = [lines[i] for i, name in enumerate(names) if name in allowed and name not in dropped]
     prior = _prior_hops(incoming) if X_FORWARDED_FOR in incoming else ""
-    out.extend(_HOPS.lines_for(prior, client_ip, scheme, host))
-    out.append("X-Request-Id: " + request_id)
+    _add_forwarding(out, prior, client_ip, scheme, host, request_id)
     return out
 
 
@@ -218,13 +219,14 @@ class _Hops:
 _HOPS: Final = _Hops()
 
 
-def _forwarding(prior: str, client_ip: str, scheme: str, host: str, request_id: str) -> list[str]:
-    """The field lines the proxy sets on every upstream request, in place of any the caller sent
-    (as lines: the relay's form, on every request; the multidict form splits them again).
-    ``prior``: the caller's own X-Forwarded-For, the hops before it."""
-    lines = list(_HOPS.lines_for(prior, client_ip, scheme, host))
-    lines.append("X-Request-Id: " + request_id)
-    return lines
+def _add_forwarding(
+    out: list[str], prior: str, client_ip: str, scheme: str, host: str, request_id: str
+) -> None:
+    """Append the field lines the proxy sets on every upstream request, in place of any the
+    caller sent (as lines: the relay's form; the multidict form splits them again). ``prior``:
+    the caller's own X-Forwarded-For, the hops before it."""
+    out.extend(_HOPS.lines_for(prior, client_ip, scheme, host))
+    out.append("X-Request-Id: " + request_id)
 
 
 def field_lines(fields: Iterable[tuple[str, str]]) -> list[str]:

@@ -275,11 +275,6 @@ class ChunkDecoder(ChunkScanner):
         return pos, b"".join(parts)
 
 
-def encode_lines(start_line: str, lines: list[str]) -> bytes:
-    """A message head on the wire from its field lines ("Name: value", already checked)."""
-    return encode_head(start_line, lines, b"")
-
-
 def safe_value(value: str) -> bool:
     """Whether ``value`` can be written as a header field value (no CR, LF or NUL)."""
     return "\r" not in value and "\n" not in value and "\0" not in value

@@ -300,11 +300,15 @@ class _Tokens:
         pass
 
 
-async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
-    rule = load(te(header="X-Upstream-Token", format="Token {token}!")).routes[0].auth.upstream
+def _exchange_credential(fmt: str) -> tuple[UpstreamCredential, _Tokens, Subject]:
+    """An exchange route's credential (header X-Upstream-Token, ``fmt``) over _Tokens, and a caller."""
+    rule = load(te(header="X-Upstream-Token", format=fmt)).routes[0].auth.upstream
     tokens = _Tokens()
-    credential = UpstreamCredential(rule, tokens)
-    subject = Subject(Secret("caller"), "authorization")
+    return UpstreamCredential(rule, tokens), tokens, Subject(Secret("caller"), "authorization")
+
+
+async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
+    credential, tokens, subject = _exchange_credential("Token {token}!")
     first = credential.value_now(subject)
     assert first == "Token first-token!"
     assert credential.value_now(subject) is first  # the same token: the value made of it, kept
@@ -317,10 +321,7 @@ async def test_the_header_value_follows_the_token_it_is_made_of() -> None:
 
 async def test_the_field_line_follows_the_token_it_is_made_of() -> None:
     """header_line keeps the line (and the check) for the value it keeps, and makes any other."""
-    rule = load(te(header="X-Upstream-Token", format="Token {token}")).routes[0].auth.upstream
-    tokens = _Tokens()
-    credential = UpstreamCredential(rule, tokens)
-    subject = Subject(Secret("caller"), "authorization")
+    credential, tokens, subject = _exchange_credential("Token {token}")
     good = credential.value_now(subject)
     assert isinstance(good, str)
     line = credential.header_line(good)

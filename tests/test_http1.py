@@ -25,7 +25,7 @@ from mcpproxy.http1 import (
     RequestHead,
     ResponseHead,
     _whole_chunk,
-    encode_lines,
+    encode_head,
     parse_request_head,
     parse_response_head,
     safe_value,
@@ -1194,27 +1194,27 @@ def test_chunk_scanner_property_random_bodies_and_splits(
     assert total == len(body)
 
 
-# --------------------------------------------------------------------------- encode_lines / safe_value
+# --------------------------------------------------------------------------- encode_head / safe_value
 
 
 def _lines(fields: list[tuple[str, str]]) -> list[str]:
     return [f"{name}: {value}" for name, value in fields]
 
 
-def test_encode_lines_exact_bytes() -> None:
+def test_encode_head_exact_bytes() -> None:
     lines = _lines([("Content-Type", "application/json"), ("X-A", "1"), ("x-a", "2")])
-    assert encode_lines("HTTP/1.1 200 OK", lines) == (
+    assert encode_head("HTTP/1.1 200 OK", lines, b"") == (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
     )
 
 
-def test_encode_lines_without_fields() -> None:
-    assert encode_lines("HTTP/1.1 204 No Content", []) == b"HTTP/1.1 204 No Content\r\n\r\n"
+def test_encode_head_without_fields() -> None:
+    assert encode_head("HTTP/1.1 204 No Content", [], b"") == b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
-def test_encode_lines_latin1_values() -> None:
+def test_encode_head_latin1_values() -> None:
     assert (
-        encode_lines("HTTP/1.1 200 OK", ["X-Latin: caf\xe9"])
+        encode_head("HTTP/1.1 200 OK", ["X-Latin: caf\xe9"], b"")
         == b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\n\r\n"
     )
 
@@ -1229,10 +1229,10 @@ def test_encode_lines_latin1_values() -> None:
         ("HTTP/1.1 404 Not Found", [("X-Empty", ""), ("Content-Length", "0")], Framing.LENGTH, 0),
     ],
 )
-def test_encode_lines_round_trips_through_parse_response_head(
+def test_encode_head_round_trips_through_parse_response_head(
     start_line: str, fields: list[tuple[str, str]], framing: Framing, length: int
 ) -> None:
-    parsed = parse_response_head(encode_lines(start_line, _lines(fields)))
+    parsed = parse_response_head(encode_head(start_line, _lines(fields), b""))
     _, status, reason = start_line.split(" ", 2)
     assert parsed.status == int(status)
     assert parsed.reason == reason
@@ -1251,10 +1251,10 @@ def test_encode_lines_round_trips_through_parse_response_head(
         ("POST / HTTP/1.1", [("Host", "h"), ("Connection", "close"), ("X-A", "1"), ("x-a", "2")], 0, False),
     ],
 )
-def test_encode_lines_round_trips_through_parse_request_head(
+def test_encode_head_round_trips_through_parse_request_head(
     start_line: str, fields: list[tuple[str, str]], length: int, keep_alive: bool
 ) -> None:
-    parsed = parse_request_head(encode_lines(start_line, _lines(fields)))
+    parsed = parse_request_head(encode_head(start_line, _lines(fields), b""))
     assert parsed is not None
     method, target, _ = start_line.split(" ")
     assert (parsed.method, parsed.target) == (method, target)
@@ -1271,8 +1271,8 @@ _field_values = st.from_regex(r"\A([!-~]([ \t!-~]{0,20}[!-~])?)?\Z")
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(_field_names, _field_values), max_size=6))
-def test_encode_lines_round_trip_property(fields: list[tuple[str, str]]) -> None:
-    parsed = parse_response_head(encode_lines("HTTP/1.1 299 Anything Goes", _lines(fields)))
+def test_encode_head_round_trip_property(fields: list[tuple[str, str]]) -> None:
+    parsed = parse_response_head(encode_head("HTTP/1.1 299 Anything Goes", _lines(fields), b""))
     assert parsed.status == 299
     assert parsed.reason == "Anything Goes"
     assert list(parsed.headers.items()) == fields
