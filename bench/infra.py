@@ -114,6 +114,23 @@ def free_port() -> int:
         return port
 
 
+def _git(*args: str) -> str:
+    try:
+        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return res.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def code_measured() -> str:
+    """The commit a report's figures were measured at, and whether ``mcpproxy/`` had changes."""
+    dirty = [line for line in _git("status", "--porcelain", "mcpproxy").splitlines() if line.strip()]
+    commit = f"commit `{_git('rev-parse', '--short', 'HEAD')}`"
+    if dirty:
+        return f"{commit} plus {len(dirty)} uncommitted change(s) under `mcpproxy/`."
+    return f"{commit}, clean tree."
+
+
 def machine() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):

@@ -71,7 +71,7 @@ class Settings:
     def make(cls, quick: bool, rounds: int | None) -> Settings:
         if quick:
             return cls(True, rounds or 2, 0.3, 1, 0.35, 2, 2)
-        return cls(False, rounds or 3, 1.5, 2, 1.5, 8, 10)
+        return cls(False, rounds or 3, 1.5, 2, 1.5, 16, 10)
 
 
 # --------------------------------------------------------------------------------------------

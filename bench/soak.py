@@ -311,7 +311,7 @@ def main(minutes: float, command: str) -> int:
         f"with the policy (GET stream through aiohttp) and the same route without it (GET stream "
         f"through the relay); exchanged tokens live "
         f"{TOKEN_TTL_S} s. Load generator, proxy and upstreams share the machine's "
-        f"{os.cpu_count()} cores.",
+        f"{os.cpu_count()} cores. Code measured: {infra.code_measured()}",
         "",
         "## Checks",
         "",
