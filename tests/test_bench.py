@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.profiling import python_frame, summarize
-from bench.run import STREAM, Row, first_event_ms, medians, paired
+from bench.run import STREAM, Row, first_events_later, medians, paired
 
 
 def _row(target: str, rnd: int, cpu_us: float, workload: str = "canned", conc: int = 64) -> Row:
@@ -32,19 +32,27 @@ def test_paired_takes_the_median_of_a_round_measured_more_than_once() -> None:
     assert paired(rows, "canned", 64, "p3", "nginx", lambda a, b: a / b) == [2.2]
 
 
-def test_paired_compares_first_events_of_the_same_round() -> None:
-    def stream_row(target: str, rnd: int, ttfe_ms: float) -> Row:
+def test_a_first_event_is_compared_with_the_direct_sample_just_before_it() -> None:
+    def stream_row(target: str, rnd: int, ttfe_ms: float, direct_ms: float | None = None) -> Row:
         row = _row(target, rnd, 50.0, workload=STREAM, conc=1)
         row.extra["ttfe_ms"] = ttfe_ms
+        if direct_ms is not None:
+            row.extra["paired_direct_ttfe_ms"] = direct_ms
         return row
 
     rows = [
         stream_row("direct", 1, 2.0),
-        stream_row("p4", 1, 2.5),
-        stream_row("direct", 2, 3.0),  # a slow round: direct and proxy later together
-        stream_row("p4", 2, 3.25),
+        stream_row("p4", 1, 2.5, 2.0),
+        stream_row("direct", 1, 3.0),  # later in the round the VM slowed: both samples moved
+        stream_row("p3", 1, 3.25, 3.0),
+        stream_row("direct", 2, 2.0),
+        stream_row("p4", 2, 2.0, 2.0),
+        stream_row("p4", 3, 9.0),  # no direct sample before it: nothing to compare with
+        _row("p4", 4, 50.0),  # another workload
     ]
-    assert paired(rows, STREAM, 1, "p4", "direct", lambda a, b: a - b, metric=first_event_ms) == [0.5, 0.25]
+    assert first_events_later(rows, "p4") == [0.5, 0.0]
+    assert first_events_later(rows, "p3") == [0.25]
+    assert first_events_later(rows, "p1") == []
 
 
 def test_a_paired_rate_is_the_median_of_ratios_to_the_direct_sample_just_before() -> None:
