@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 from typing import cast
 
 from bench.canned import until_stopped
@@ -51,7 +52,7 @@ class _Caller(asyncio.Protocol):
         except OSError:
             self.transport.close()
             return
-        self.upstream = cast(asyncio.Transport, upstream)
+        self.upstream = upstream
         for data in self.early:
             self.upstream.write(data)
         self.early.clear()
@@ -71,7 +72,7 @@ async def main(upstream_ports: list[int]) -> None:
     loop = asyncio.get_running_loop()
     servers = []
     for port in upstream_ports:
-        server = await loop.create_server(lambda p=port: _Caller(p), "127.0.0.1", 0, backlog=4096)
+        server = await loop.create_server(functools.partial(_Caller, port), "127.0.0.1", 0, backlog=4096)
         servers.append(server)
     pairs = [f"{s.sockets[0].getsockname()[1]}:{p}" for s, p in zip(servers, upstream_ports, strict=True)]
     print("READY " + " ".join(pairs), flush=True)

@@ -108,7 +108,7 @@ def proxy_config(
         "client": {"id": "mcp-proxy", "secret": "proxy-secret", "auth_method": "client_secret_basic"},
         "audience": ["my-external-tool"],
     }
-    auth: dict[str, Any] = {
+    auths: dict[str, dict[str, Any]] = {
         "p1": {},
         "p2": {
             "upstream": {
@@ -124,7 +124,8 @@ def proxy_config(
             "subject": ["authorization"],
             "upstream": exchange,
         },
-    }[kind]
+    }
+    auth = auths[kind]
     routes = []
     for name in UPSTREAMS:
         route: dict[str, Any] = {
@@ -945,7 +946,7 @@ def checks(
 ) -> list[tuple[str, bool | None, str]]:
     out: list[tuple[str, bool | None, str]] = []
     hi = bench.s.high
-    proxies = [n for n in ("p3", "p4") if n in bench.targets]
+    proxies: list[str] = [n for n in ("p3", "p4") if n in bench.targets]
 
     def get(workload: str, conc: int, target: str) -> dict[str, Any] | None:
         return med.get((workload, conc, target))
@@ -1054,17 +1055,17 @@ def checks(
                     "the target is checked on the wrk figures)",
                 )
             )
-    counts = bench.instructions
+    counted = bench.instructions
     for p in proxies:
-        if p in counts and "p2" in counts and "p2" in path:
-            extra = counts[p] - counts["p2"]
-            us = extra * path["p2"]["median_us"] / counts["p2"]
+        if p in counted and "p2" in counted and "p2" in path:
+            extra = counted[p] - counted["p2"]
+            us = extra * path["p2"]["median_us"] / counted["p2"]
             out.append(
                 (
                     f"warm-cache exchange, {p}, instructions: extra over static injection",
                     None,
-                    f"{counts[p]:,} vs static {counts['p2']:,} instructions a request = {extra:+,} "
-                    f"({100 * extra / counts['p2']:+.0f} %; ≈ {us:+.0f} us at this run's in-process rate)",
+                    f"{counted[p]:,} vs static {counted['p2']:,} instructions a request = {extra:+,} "
+                    f"({100 * extra / counted['p2']:+.0f} %; ≈ {us:+.0f} us at this run's in-process rate)",
                 )
             )
     static = get("canned", hi, "p2")
