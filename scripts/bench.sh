@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one benchmark command (issue 7): installs what the benchmark needs, idempotently, then runs it.
-#   bash scripts/bench.sh            full run (~13 min): table, bench/RESULTS.md, bench/PROFILE.md
+#   bash scripts/bench.sh            full run (~14 min): table, bench/RESULTS.md, bench/PROFILE.md
 #   bash scripts/bench.sh --quick    short run (~4 min), same outputs
 #   bash scripts/bench.sh --soak [MINUTES]   bounded steady-rate soak (default 5), bench/SOAK.md
 # Needs: the project's .venv and the test OAuth server's node packages (scripts/bootstrap.sh),
