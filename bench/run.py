@@ -167,12 +167,12 @@ PUMP_LABEL = (
 #: The workload whose rate is compared with direct's sample by sample: each target's measurement
 #: right after one of direct. On this VM the direct rate of two 2-second samples a minute apart
 #: differs by up to 40 % (60k-93k req/s in one run), a swing the proxied rows do not share at the
-#: same moments; a ratio of medians taken minutes apart carried it whole.
-PAIRED: Final = "canned"
-#: The streaming row is paired the same way, for its first event: a call's first event comes
+#: same moments; a ratio of medians taken minutes apart carried it whole. The streaming row is
+#: paired the same way (:meth:`Bench.in_pairs`), for its first event: a call's first event comes
 #: 3-6.5 ms after its POST (p10-p90) on this VM, and a round's median of 16 calls drifted by a
 #: millisecond between the start and the end of a round (run 2 of the seventeenth session: the
 #: same target +0.66 to +1.71 ms after direct, which was measured once a round, minutes apart).
+PAIRED: Final = "canned"
 #: Configurations measured with ``server.workers: 2`` as well (the c=64 rate target allows workers).
 TWO_WORKERS = ("p3w2", "p4w2")
 #: The targets whose rate is checked there, each measured ``PAIRS`` times a round (each time after
@@ -916,10 +916,12 @@ def paired(
     return [compare(ours[n], theirs[n]) for n in sorted(ours) if n in theirs]
 
 
-def _first_event(laters: list[float], row: dict[str, Any], direct: dict[str, Any]) -> tuple[bool, str]:
-    """The first-event check's verdict and figures: the median of the paired differences."""
-    later = statistics.median(laters) if laters else row["ttfe_ms"] - direct["ttfe_ms"]
-    return later <= 1.0, (
+def _first_event(laters: list[float], row: dict[str, Any], direct: dict[str, Any]) -> tuple[float, str]:
+    """How much later than direct's a target's first event came (the median of its paired
+    differences; direct is measured only as the sample before each target's, so there are some),
+    and the figures."""
+    later = statistics.median(laters)
+    return later, (
         f"{later:+.2f} ms, the median of the differences to the direct sample just before "
         f"({_listed(laters, '+.2f', ' ms', 'pairs')}); medians {row['ttfe_ms']:.2f} ms vs direct "
         f"{direct['ttfe_ms']:.2f} ms"
@@ -1009,12 +1011,8 @@ def checks(
     for p in proxies:
         row = get(STREAM, 1, p)
         if row and sd:
-            out.append(
-                (
-                    f"streaming, {p}: first event <= 1 ms later than direct",
-                    *_first_event(first_events_later(bench.rows, p), row, sd),
-                )
-            )
+            later, figures = _first_event(first_events_later(bench.rows, p), row, sd)
+            out.append((f"streaming, {p}: first event <= 1 ms later than direct", later <= 1.0, figures))
             want = 2 * STREAM_STEPS
             every = row["events_min"] == want == row["events_max"] and row["errors"] == 0
             out.append(
