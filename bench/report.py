@@ -247,6 +247,14 @@ def write(
         "process on the other (idle) vCPU is slow; the scheduler keeps ping-pong partners on one core "
         "when left alone. Throughput ratios therefore include the proxy competing with the generator "
         "and the upstream for CPU, as a sidecar does in a pod.",
+        "- **The streaming row is pinned:** for every target, direct included, its client (the "
+        "benchmark's thread), the SSE upstream and the target run on one core (`infra.one_core`). A "
+        "streamed event follows 1-2 ms of quiet, and on this VM waking a process on the other, idle "
+        "vCPU cost it 47-60 us of CPU against 5 us on one core (a pipe ping-pong between two "
+        "processes, eighteenth session), landing on either vCPU from call to call: unpinned, that "
+        "wake-up was most of every target's cost per event (nginx 75.9 us, the byte pump 93.2 us in "
+        "that session's first full run; 50.6 and 58.3 us pinned, in an interleaved A/B). The same "
+        "row unpinned is measured once after the rounds and printed with the checks.",
     ]
     if bench.foreign:
         f = bench.foreign

@@ -1,9 +1,18 @@
-"""The benchmark's own arithmetic (bench/run.py): the CPU checks compare targets round by round."""
+"""The benchmark's own arithmetic (bench/run.py): the CPU checks compare targets round by round;
+and its pinning of the streaming row (bench/infra.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from bench.infra import one_core
 from bench.profiling import python_frame, summarize
 from bench.run import STREAM, Row, first_events_later, medians, paired
 
@@ -110,3 +119,40 @@ def test_compiled_frames_count_as_the_python_they_were_compiled_from(tmp_path: P
     inclusive = dict(summary["inclusive"])
     assert inclusive["CallerConnection.data_received (mcpproxy/web/relay.py)"] == 3  # wrapper and body: once
     assert dict(summary["self_py"])["parse_request_head (mcpproxy/http1.py)"] == 3
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores to choose from")
+def test_one_core_pins_every_thread_of_a_process_and_gives_each_its_cores_back() -> None:
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    me = threading.get_native_id()
+    other = threading.Event()
+    done = threading.Event()
+    bystander = threading.Thread(target=lambda: (other.wait(10), done.wait(10)))
+    bystander.start()  # another thread of this process, there before the block: left alone
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        os.sched_setaffinity(tids[1], {max(os.sched_getaffinity(0))})  # one thread with its own set
+        before = {tid: os.sched_getaffinity(tid) for tid in (me, *tids)}
+        bystander_cores = os.sched_getaffinity(bystander.native_id or 0)
+        late: list[int] = []
+        with one_core([child.pid]) as core:
+            assert core is not None
+            assert all(os.sched_getaffinity(tid) == {core} for tid in (me, *tids))
+            assert os.sched_getaffinity(bystander.native_id or 0) == bystander_cores
+            started = threading.Thread(target=lambda: (late.append(threading.get_native_id()), done.wait(10)))
+            started.start()  # inherits the one core from this thread
+            while not late:
+                time.sleep(0.001)
+            assert os.sched_getaffinity(late[0]) == {core}
+        assert {tid: os.sched_getaffinity(tid) for tid in (me, *tids)} == before
+        assert os.sched_getaffinity(late[0]) == before[me]  # given this process's cores
+    finally:
+        other.set()
+        done.set()
+        child.kill()
+        child.wait()
