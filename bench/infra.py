@@ -96,9 +96,10 @@ def one_core(pids: list[int]) -> Iterator[int | None]:
         yield None
         return
     core = min(allowed)
-    me = threading.get_native_id()
+    processes = [os.getpid(), *pids]
+    existing = set(threads(processes))
     saved: dict[int, set[int]] = {}
-    for tid in (me, *threads(pids)):
+    for tid in (threading.get_native_id(), *threads(pids)):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             saved[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, {core})
@@ -108,12 +109,11 @@ def one_core(pids: list[int]) -> Iterator[int | None]:
         for tid, cpus in saved.items():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(tid, cpus)
-        # a thread started meanwhile inherited the one core: it gets its process's cores
-        for pid, cpus in ((os.getpid(), allowed), *((pid, saved.get(pid, allowed)) for pid in pids)):
-            for tid in threads([pid]):
-                if tid not in saved:
-                    with contextlib.suppress(OSError):
-                        os.sched_setaffinity(tid, cpus)
+        # a thread started meanwhile inherited the one core: it gets its main thread's cores
+        for pid in processes:
+            for tid in set(threads([pid])) - existing:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, saved.get(pid, allowed))
 
 
 def threads(pids: list[int]) -> list[int]:

@@ -126,24 +126,25 @@ def test_one_core_pins_every_thread_of_a_process_and_gives_each_its_cores_back()
     code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", code])
     me = threading.get_native_id()
-    other = threading.Event()
     done = threading.Event()
-    bystander = threading.Thread(target=lambda: (other.wait(10), done.wait(10)))
+    bystander = threading.Thread(target=done.wait, args=(10,))
     bystander.start()  # another thread of this process, there before the block: left alone
+    assert bystander.native_id is not None
     try:
         deadline = time.monotonic() + 10
         while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
         assert len(tids) == 2
-        os.sched_setaffinity(tids[1], {max(os.sched_getaffinity(0))})  # one thread with its own set
+        own = {max(os.sched_getaffinity(0))}
+        os.sched_setaffinity(tids[1], own)  # threads with their own set of cores
+        os.sched_setaffinity(bystander.native_id, own)
         before = {tid: os.sched_getaffinity(tid) for tid in (me, *tids)}
-        bystander_cores = os.sched_getaffinity(bystander.native_id or 0)
         late: list[int] = []
         with one_core([child.pid]) as core:
             assert core is not None
             assert all(os.sched_getaffinity(tid) == {core} for tid in (me, *tids))
-            assert os.sched_getaffinity(bystander.native_id or 0) == bystander_cores
+            assert os.sched_getaffinity(bystander.native_id) == own
             started = threading.Thread(target=lambda: (late.append(threading.get_native_id()), done.wait(10)))
             started.start()  # inherits the one core from this thread
             while not late:
@@ -151,8 +152,8 @@ def test_one_core_pins_every_thread_of_a_process_and_gives_each_its_cores_back()
             assert os.sched_getaffinity(late[0]) == {core}
         assert {tid: os.sched_getaffinity(tid) for tid in (me, *tids)} == before
         assert os.sched_getaffinity(late[0]) == before[me]  # given this process's cores
+        assert os.sched_getaffinity(bystander.native_id) == own
     finally:
-        other.set()
         done.set()
         child.kill()
         child.wait()
