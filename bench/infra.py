@@ -47,11 +47,7 @@ def cpu_seconds(pids: list[int]) -> float:
     fallback: list[int] = []
     for pid in pids:
         try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        try:
-            for tid in tids:
+            for tid in threads([pid]):
                 with contextlib.suppress(FileNotFoundError):
                     total_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
