@@ -200,6 +200,11 @@ class ChunkScanner:
                 pos = self._line_step(data, pos)
         return pos
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the next byte starts a chunk's size line (and the body has not ended)."""
+        return self._state == 0 and not self._line and not self.done
+
     def _data_step(self, data: bytes, pos: int) -> int:
         """Consume (part of) a chunk's data."""
         take = min(self._remaining, len(data) - pos)

@@ -159,6 +159,11 @@ class Registry:
         self.open_streams = Gauge(
             "mcpproxy_open_streams", "Streaming (SSE) responses currently relayed.", ("route",)
         )
+        self.offloaded_streams = Counter(
+            "mcpproxy_offloaded_streams_total",
+            "Streaming (SSE) responses handed to a thread of their own (server.stream_threads).",
+            ("route",),
+        )
         self.upstream_errors = Counter(
             "mcpproxy_upstream_errors_total",
             "Upstream failures by route and kind (connect, timeout, reset, limit).",
@@ -188,6 +193,7 @@ class Registry:
             self.requests,
             self.upstream_latency,
             self.open_streams,
+            self.offloaded_streams,
             self.upstream_errors,
             self.rejections,
             self.exchanges,

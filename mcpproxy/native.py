@@ -58,8 +58,9 @@ COMPILED: Final = (
 #: reading of a JSON-RPC body's method without building the body (``mcpproxy/_jsonrpc.c``, tested
 #: against ``json.loads``; without it the body is parsed). One where compiled Python builds and
 #: joins a dozen strings: the access line (``mcpproxy/_access.c``, written once into a buffer;
-#: tested against its twin).
-C_MODULES: Final = ("mcpproxy._access", "mcpproxy._http1", "mcpproxy._jsonrpc")
+#: tested against its twin). And one that runs without the interpreter at all: the relay of a
+#: long stream's rest, in a thread of its own (``mcpproxy/_pump.c``; see mcpproxy.web.offload).
+C_MODULES: Final = ("mcpproxy._access", "mcpproxy._http1", "mcpproxy._jsonrpc", "mcpproxy._pump")
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 

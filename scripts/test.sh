@@ -20,4 +20,4 @@ cd "$pure"
 MCPPROXY_PURE_PYTHON=1 MCPPROXY_TEST_LOG_DIR="$OLDPWD/.cache/test-logs" "$OLDPWD/.venv/bin/pytest" -q \
   -p no:cacheprovider tests/test_http1.py tests/test_relay.py tests/test_writes.py tests/test_watchdog.py \
   tests/test_units.py tests/test_credentials.py tests/test_tokencache.py tests/test_proxy_http.py \
-  tests/test_proxy_transports.py tests/test_faults.py tests/test_policy.py tests/test_policy_units.py tests/test_native.py
+  tests/test_proxy_transports.py tests/test_faults.py tests/test_policy.py tests/test_policy_units.py tests/test_native.py tests/test_pump.py

@@ -44,6 +44,21 @@ async def test_streamable_http_session_through_proxy(
         assert "DELETE" in methods  # session termination passed through
 
 
+async def test_a_long_tool_stream_relayed_by_a_thread(mcp_sse: McpServerProcess, proxy_factory: ProxyFactory) -> None:
+    """A tool call whose answer streams 60 notifications: after its first events a thread
+    relays the rest (mcpproxy.web.offload); the SDK client gets every one, in order, and the
+    session goes on over the same proxy."""
+    proxy = await start(proxy_factory, route("o", "/o/mcp", mcp_sse.url))
+    async with mcp_connect(proxy.url("/o/mcp")) as conn:
+        outcome = await call_tool_collect(conn.session, "progress", {"count": 30, "delay_ms": 3})
+        assert outcome.text == "done 30"
+        assert [e.progress for e in outcome.progress] == list(range(1, 31))
+        result = await conn.session.call_tool("add", {"a": 2, "b": 3})
+        assert tool_text(result) == "5"
+    assert 'mcpproxy_offloaded_streams_total{route="o"} 1' in proxy.metrics.render()
+    assert proxy.app[LIVE].state.handler.runtimes["o"].in_flight == 0
+
+
 async def test_legacy_sse_transport_endpoint_rewritten(
     mcp_legacy: McpServerProcess, proxy_factory: ProxyFactory
 ) -> None:

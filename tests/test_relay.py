@@ -282,6 +282,10 @@ class RawUpstream:
     ``silent``: never answers. ``stream``: an SSE answer that streams until the peer goes away.
     ``slow``: ``json`` after 0.5 s. ``early``: a 103 interim answer, then ``json``.
     ``huge``: 200 with a 32 MiB Content-Length body, written as fast as the proxy reads it.
+    ``events``: an SSE answer of :data:`LONG_STREAM` events, one chunk each, 5 ms apart, then
+    the end (long enough for a thread to take it: mcpproxy.web.offload); ``events_reset``,
+    ``events_broken`` and ``events_silent``: its first 8 events, then a reset, a broken chunk,
+    or silence.
     """
 
     def __init__(self) -> None:
@@ -456,6 +460,42 @@ class RawUpstream:
             gone.cancel()
         return False
 
+    async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+        return await self._long_stream(writer, LONG_STREAM, b"0\r\n\r\n")
+
+    async def _events_reset(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        await self._long_stream(writer, 8, b"")
+        writer.transport.abort()
+        return False
+
+    async def _events_broken(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        await self._long_stream(writer, 8, b"zz\r\n" + SSE_EVENT)
+        await reader.read()  # until the proxy lets go
+        return False
+
+    async def _events_silent(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bool:
+        await self._long_stream(writer, 8, b"")
+        await reader.read()  # until the proxy gives up (the route's idle timeout) and closes
+        return False
+
+    async def _long_stream(self, writer: asyncio.StreamWriter, events: int, tail: bytes) -> bool:
+        wire = [chunk(SSE_EVENT.replace(b"{}", b'{"n":%d}' % n)) for n in range(events)]
+        self.sent["events"] = b"".join(wire) + tail
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for piece in [*wire, tail]:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        return True
+
     async def _legacy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         """The legacy transport's GET stream, chunked: a comment, the endpoint event split over
         chunks and reads, one message event, the end."""
@@ -488,6 +528,8 @@ class RawUpstream:
             await asyncio.sleep(0.002)
 
 
+#: The events of the raw upstream's ``events`` answer.
+LONG_STREAM = 30
 #: What the raw upstream's legacy stream names as its endpoint (the route's upstream is /up).
 LEGACY_ENDPOINT = b"/up/messages?session_id=s1"
 
@@ -1331,6 +1373,119 @@ async def test_caller_gone_before_the_answer_is_499(
     assert (line["via"], line["status"], line["error"]) == (expected_via, 499, "client_disconnected")
     assert 'status="499"' in proxy.metrics.render()
     assert await until(lambda: upstream.conns[0].closed.is_set(), timeout=3)  # not left waiting
+
+
+# --------------------------------------------------------------------------------------------
+# 6b. Long streams relayed by a thread (mcpproxy.web.offload)
+# --------------------------------------------------------------------------------------------
+
+OFFLOADED = 'mcpproxy_offloaded_streams_total{route="raw"} 1'
+
+
+@pytest.mark.parametrize("threads", [16, 0], ids=["thread", "no-threads"])
+async def test_a_long_stream_is_relayed_whole_and_both_connections_are_kept(
+    threads: int, upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """A POST's long SSE answer is handed to a thread after its first events, comes out byte for
+    byte as the upstream framed it, and both connections serve the next request: the caller's
+    (keep-alive) and the upstream's (back in the pool). ``stream_threads: 0``: the same answer
+    from the loop."""
+    proxy = await raw_proxy(proxy_factory, upstream, stream_threads=threads)
+    rid = new_rid()
+    async with caller(port_of(proxy)) as conn:
+        answer = await conn.exchange(post("/raw/events", rpc("tools/call", {"name": "s"}, 1), rid))
+        assert answer.status == 200 and answer.headers["Content-Type"] == "text/event-stream"
+        assert answer.wire_body == upstream.sent["events"]
+        assert answer.body.count(b"event: message") == LONG_STREAM
+        after = await conn.exchange(post("/raw/json", rpc("ping", {}, 2)))
+    assert after.status == 200 and after.json()["id"] == 2
+    assert upstream.seen[1].conn == upstream.seen[0].conn, "the upstream connection was not reused"
+    line = await access_line(rid)
+    assert (line["via"], line["status"], line.get("error")) == ("relay", 200, None)
+    assert line["bytes"] == len(upstream.sent["events"])
+    metrics = proxy.metrics.render()
+    assert (OFFLOADED in metrics) == (threads > 0)
+    assert 'mcpproxy_open_streams{route="raw"} 0' in metrics
+    assert proxy.app[LIVE].state.handler.runtimes["raw"].in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "detail"),
+    [
+        ("events_reset", "ConnectionResetError"),
+        ("events_broken", "ProtocolViolation"),
+        ("events_silent", "UpstreamTimeout"),
+    ],
+)
+async def test_an_upstream_failing_in_a_threads_hands_cuts_the_caller(
+    behaviour: str, detail: str, upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Once the answer has begun, a reset, a broken chunk or a silence past the route's idle
+    timeout (1 s) can only be told by cutting the caller's connection: as on the loop, with the
+    error logged and counted, and nothing of the broken chunk relayed."""
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid = new_rid()
+    began = time.monotonic()
+    async with caller(port_of(proxy)) as conn:
+        await conn.send(post(f"/raw/{behaviour}", rpc("tools/call", {"name": "s"}, 1), rid))
+        status, _, _ = await conn.head()
+        received = await conn.read_until_closed()
+    assert status == 200
+    assert received.count(b"event: message") == 8
+    assert b"zz" not in received and not received.endswith(b"0\r\n\r\n")
+    if behaviour == "events_silent":
+        assert time.monotonic() - began >= 1.0
+    line = await access_line(rid)
+    assert (line["status"], line["error"], line["detail"]) == (200, "upstream_stream_failed", detail)
+    metrics = proxy.metrics.render()
+    assert OFFLOADED in metrics
+    assert 'mcpproxy_upstream_errors_total{route="raw",kind="stream"} 1' in metrics
+    assert 'mcpproxy_open_streams{route="raw"} 0' in metrics
+    assert proxy.app[LIVE].state.handler.runtimes["raw"].in_flight == 0
+
+
+async def test_a_caller_gone_from_a_threads_stream_closes_the_upstream(
+    upstream: RawUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid = new_rid()
+    conn = await Caller.open(port_of(proxy))
+    await conn.send(post("/raw/stream", rpc("tools/call", {"name": "s"}, 1), rid))
+    await conn.head()
+    for _ in range(10):  # past the events the loop relays: the thread has it now
+        await asyncio.wait_for(conn.reader.readuntil(b"\n\n"), WAIT)
+    assert OFFLOADED in proxy.metrics.render()
+    conn.writer.transport.abort()
+    assert await until(upstream.conns[0].closed.is_set, timeout=3), "the upstream stream outlived its caller"
+    line = await access_line(rid)
+    assert (line["via"], line["status"], line["error"]) == ("relay", 200, "client_disconnected")
+    assert 'kind="stream"' not in proxy.metrics.render()
+    assert 'mcpproxy_open_streams{route="raw"} 0' in proxy.metrics.render()
+    assert proxy.app[LIVE].state.handler.runtimes["raw"].in_flight == 0
+
+
+async def test_shutdown_cuts_a_threads_stream_at_the_end_of_the_grace(
+    upstream: RawUpstream, proxy_process: Callable[..., ProxyProcess]
+) -> None:
+    """SIGTERM: a stream that never ends, relayed by a thread, is cut once the grace (1 s) is
+    over, and the process exits cleanly, the thread's stream logged."""
+    spec = {"routes": [raw_route(upstream)], "server": {"shutdown_grace_s": 1}}
+    proc = proxy_process(json.dumps(spec))
+    rid = new_rid()
+    async with caller(proc.port) as conn:
+        await conn.send(post("/raw/stream", rpc("tools/call", {"name": "s"}, 1), rid))
+        await conn.head()
+        for _ in range(10):
+            await asyncio.wait_for(conn.reader.readuntil(b"\n\n"), WAIT)
+        async with caller(proc.port) as other:
+            metrics = await other.exchange(request("GET", "/metrics"))
+        assert OFFLOADED in metrics.body.decode()
+        proc.signal(signal.SIGTERM)
+        await conn.read_until_closed(timeout=5)
+    assert await asyncio.to_thread(proc.proc.wait, 10) == 0
+    line = await access_line(rid, proc.log_lines)
+    assert line["status"] == 200 and line["error"] == "client_disconnected"
+    assert await until(upstream.conns[0].closed.is_set, timeout=3)
 
 
 # --------------------------------------------------------------------------------------------

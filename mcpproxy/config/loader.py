@@ -92,6 +92,7 @@ def _server(sec: Section | None) -> ServerSettings:
         strip_headers=_header_names(sec, "strip_headers"),
         watch_config_s=sec.number("watch_config_s", d.watch_config_s, maximum=3600),
         fast_path=sec.flag("fast_path", d.fast_path),
+        stream_threads=sec.integer("stream_threads", d.stream_threads, minimum=0, maximum=1024),
     )
     sec.finish()
     return settings

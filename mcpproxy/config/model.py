@@ -28,6 +28,9 @@ class ServerSettings:
     #: Serve the common request shape (POST/DELETE with a small body) on the raw-protocol relay
     #: (:mod:`mcpproxy.web.relay`); off: every request goes through aiohttp's server and client.
     fast_path: bool = True
+    #: Threads, at most, each relaying one long streamed answer off the event loop
+    #: (:mod:`mcpproxy.web.offload`); 0: every stream stays on the loop.
+    stream_threads: int = 16
 
 
 @dataclass(frozen=True)

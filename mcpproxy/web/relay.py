@@ -44,6 +44,7 @@ from mcpproxy.policy import list_requests
 from mcpproxy.routing import Match
 from mcpproxy.sse import EndpointRejected, EndpointRewriter
 from mcpproxy.upstream_auth import PENDING
+from mcpproxy.web.offload import AFTER_EVENTS, CALLER_GONE, CANCELLED, Handoff, Offload, plain_socket
 from mcpproxy.web.proxy import (
     SMALL_BODY,
     Incoming,
@@ -76,6 +77,8 @@ _OK: Final = "HTTP/1.1 200 OK"
 KEEPALIVE_S = 75.0
 #: Bytes buffered from a caller while its current request is being answered.
 _MAX_PENDING = 1024 * 1024
+#: Seconds a shutdown waits for the streams in threads, once cancelled, to be back.
+_SETTLE_S = 5.0
 
 
 class _Served:
@@ -83,18 +86,19 @@ class _Served:
     state. (The state and its config are interpreted objects; compiled code looks each of their
     attributes up by name, nine a request.)"""
 
-    __slots__ = ("handler", "max_body", "max_header_bytes", "state")
+    __slots__ = ("handler", "max_body", "max_header_bytes", "state", "stream_threads")
 
     def __init__(self, state: ProxyState | None) -> None:
         self.state = state
         #: None: nothing the relay serves (no state yet, or ``server.fast_path: false``).
         self.handler: ProxyHandler | None = None
-        self.max_header_bytes = self.max_body = 0
+        self.max_header_bytes = self.max_body = self.stream_threads = 0
         if state is not None:
             server = state.config.server
             self.handler = state.handler if server.fast_path else None
             self.max_header_bytes = server.max_header_bytes
             self.max_body = min(SMALL_BODY, server.max_body_bytes)
+            self.stream_threads = server.stream_threads
 
 
 class Relay:
@@ -110,6 +114,8 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         #: The writes of every connection, caller and upstream, sent at the end of each loop iteration.
         self.writes = WriteBatch(self.loop)
+        #: The streams now relayed by threads (mcpproxy.web.offload).
+        self.offload = Offload()
 
     def served(self) -> _Served:
         """What the state now serving requests says about serving one (a reload makes a new one)."""
@@ -134,6 +140,7 @@ class Relay:
             pass
         for conn in tuple(self.connections):
             conn.abort()
+        await self.offload.settle(_SETTLE_S)
 
 
 class _Request:
@@ -218,6 +225,9 @@ class CallerConnection(asyncio.Protocol):
         self._close_after = False
         self._paused_reading = False
         self.write_paused = False
+        #: The stream a thread relays to this connection now (mcpproxy.web.offload): the loop
+        #: neither reads nor writes the socket meanwhile.
+        self._handoff: Handoff | None = None
 
     # --- connection events ------------------------------------------------------------------
 
@@ -231,6 +241,8 @@ class CallerConnection(asyncio.Protocol):
         self._watchdog.within(KEEPALIVE_S)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handoff is not None:
+            self._handoff.cancel()
         self._relay.connections.discard(self)
         self._watchdog.cancel()
         self.transport = None
@@ -613,8 +625,40 @@ class CallerConnection(asyncio.Protocol):
             self._close()
 
     def abort(self) -> None:
-        if self.transport is not None:
+        if self._handoff is not None:
+            self._handoff.cancel()  # the thread owns the socket: aborted once it is back
+        elif self.transport is not None:
             self.transport.abort()
+
+    # --- a stream relayed by a thread (mcpproxy.web.offload) --------------------------------
+
+    def offloadable(self) -> int | None:
+        """This connection's socket, if a thread may take the stream now: a thread is free,
+        the connection is plain TCP and everything written to it so far is sent."""
+        transport = self.transport
+        if (
+            transport is None
+            or self.write_paused
+            or len(self._relay.offload.running) >= self._relay.served().stream_threads
+            or not self._relay.writes.empty
+            or transport.get_write_buffer_size()
+        ):
+            return None
+        return plain_socket(transport)
+
+    def hand_off(
+        self, upstream: int, downstream: int, idle_s: float, returned: Callable[[Handoff], None]
+    ) -> None:
+        """Stop reading this connection's socket and give the stream to a thread."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._handoff = self._relay.offload.start(upstream, downstream, idle_s, returned)
+
+    def taken_back(self) -> None:
+        """The thread is done: the loop owns the socket again."""
+        self._handoff = None
+        if self.transport is not None and not self._paused_reading:
+            self.transport.resume_reading()
 
 
 _METHODS_SP: Final = tuple(method + b" " for method in RELAYED_METHODS)
@@ -639,6 +683,7 @@ class _Exchange(ResponseSink):
         "_caller",
         "_chunked_out",
         "_conn",
+        "_events",
         "_held",
         "_is_sse",
         "_request",
@@ -661,6 +706,9 @@ class _Exchange(ResponseSink):
         self._held: list[bytes] | None = None
         #: A GET stream's first event on its way through the legacy endpoint's rewriting.
         self._rewriter: EndpointRewriter | None = None
+        #: The events of a POST's stream relayed so far, until a thread takes it; -1 for any
+        #: other answer (mcpproxy.web.offload).
+        self._events = -1
         self.sent = 0.0
 
     def head(self, head: ResponseHead) -> None:
@@ -686,6 +734,8 @@ class _Exchange(ResponseSink):
         elif head.framing is not Framing.NONE:
             lines.append("Transfer-Encoding: chunked")
             self._chunked_out = head.framing is Framing.CLOSE
+            if self._is_sse and head.framing is Framing.CHUNKED:
+                self._events = 0
         if self._is_sse:
             handler.metrics.open_streams.inc(route=runtime.name)
         encoded = self._caller.answer_head(head.status, head.reason, lines)
@@ -710,6 +760,10 @@ class _Exchange(ResponseSink):
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self._is_sse:  # an event: nothing else is waiting to go with it (mcpproxy.web.writes)
             self._caller.write_now(data)
+            if self._events >= 0:
+                self._events += 1
+                if self._events >= AFTER_EVENTS:
+                    self._hand_off()
         else:
             self._caller.write(data)
 
@@ -725,6 +779,29 @@ class _Exchange(ResponseSink):
         if rewriter.done:
             self._rewriter = None
         return data
+
+    def _hand_off(self) -> None:
+        """Give the rest of the stream to a thread, if one is free and both sockets are ready."""
+        caller, conn = self._caller, self._conn
+        downstream = caller.offloadable()
+        upstream = conn.offloadable() if downstream is not None else None
+        if downstream is None or upstream is None:
+            return  # tried again after the next event
+        self._events = -1
+        conn.pause()
+        request = self._request
+        request.handler.metrics.offloaded_streams.inc(route=request.runtime.name)
+        caller.hand_off(upstream, downstream, request.runtime.pool.idle_timeout, self._returned)
+
+    def _returned(self, handoff: Handoff) -> None:
+        """The thread is done with the stream (mcpproxy.web.offload)."""
+        self._request.outcome.bytes_out += handoff.relayed
+        self._caller.taken_back()
+        if handoff.error is None and handoff.outcome in (CALLER_GONE, CANCELLED):
+            self._conn.abort()
+            self._caller.abort()  # its connection_lost ends the request, as any caller gone
+        else:
+            self._conn.taken_back(handoff)
 
     def end(self) -> None:
         if self._held is not None:

@@ -24,6 +24,7 @@ from mcpproxy.http1 import (
     find_head_end,
     parse_response_head,
 )
+from mcpproxy.web.offload import ENDED, MALFORMED, TIMEOUT, Handoff, plain_socket
 from mcpproxy.web.watchdog import Watchdog
 from mcpproxy.web.writes import Outlet, WriteBatch
 
@@ -327,6 +328,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
         if sink is not None:
             sink.fail(exc)
+
+    # --- a stream relayed by a thread (mcpproxy.web.offload) --------------------------------
+
+    def offloadable(self) -> int | None:
+        """The socket to hand to a thread: a chunked body relayed as it is framed, now at a
+        chunk boundary, over plain TCP; None otherwise."""
+        scanner = self._scanner
+        if self.transport is None or type(scanner) is not ChunkScanner or not scanner.at_boundary:
+            return None
+        return plain_socket(self.transport)
+
+    def taken_back(self, handoff: Handoff) -> None:
+        """The thread is done with the body: end or fail the exchange as these reads would have.
+        (A caller gone, or the thread cancelled, is the caller's side: the exchange ends it.)"""
+        self.resume()
+        if handoff.error is not None:
+            self._failed(handoff.error)
+        elif handoff.outcome == ENDED:
+            self._finish(reusable=not handoff.leftover)
+        elif handoff.outcome == TIMEOUT:
+            self._failed(UpstreamTimeout())
+        elif handoff.outcome == MALFORMED:
+            self._failed(ProtocolViolation("malformed chunked body"))
+        else:
+            self._failed(ConnectionResetError("upstream closed the connection"))
 
     # --- timeouts ---------------------------------------------------------------------------
 

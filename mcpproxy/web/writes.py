@@ -81,6 +81,11 @@ class WriteBatch:
             self.flush()
         outlet.send(data)
 
+    @property
+    def empty(self) -> bool:
+        """Whether nothing is queued."""
+        return not self._pending
+
     def flush(self) -> None:
         """Send everything queued so far (also called before a transport is closed)."""
         pending = self._pending
