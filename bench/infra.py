@@ -38,21 +38,27 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """CPU time of the given processes (all their threads), in seconds.
+    """CPU time of the given processes (every thread they ran, ended ones included), in seconds.
 
-    The kernel's per-thread run time in nanoseconds (``/proc/<pid>/task/<tid>/schedstat``, first
-    field), summed over threads; where schedstat is missing, utime + stime from
-    ``/proc/<pid>/stat`` (10 ms ticks: too coarse for short runs at low rates)."""
-    total_ns = 0
+    Read from each process's CPU-time clock (``clock_getcpuclockid``: nanoseconds, every thread
+    the process ever had). A sum over ``/proc/<pid>/task/*/schedstat``, as this read before,
+    loses the time of a thread that ends: mcpproxy's stream threads (mcpproxy.web.offload) end
+    with their stream. Where the clock cannot be read, utime + stime from ``/proc/<pid>/stat``
+    (10 ms ticks: too coarse for short runs at low rates)."""
+    total = 0.0
     fallback: list[int] = []
     for pid in pids:
         try:
-            for tid in threads([pid]):
-                with contextlib.suppress(FileNotFoundError):
-                    total_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            total += time.clock_gettime(process_clock(pid))
+        except OSError:
             fallback.append(pid)
-    return total_ns / 1e9 + (stat_cpu_seconds(fallback) if fallback else 0.0)
+    return total + (stat_cpu_seconds(fallback) if fallback else 0.0)
+
+
+def process_clock(pid: int) -> int:
+    """The clock id of ``pid``'s CPU time (glibc's ``clock_getcpuclockid``: the kernel's
+    ``CPUCLOCK_SCHED`` clock of a whole process)."""
+    return ((~pid) << 3) | 2
 
 
 def stat_cpu_seconds(pids: list[int]) -> float:

@@ -122,9 +122,10 @@ def write(
         "(on the canned c=64 and the streaming rows: the median of the ratios of each measurement to "
         "a direct one taken just before it, and direct's row the median of those samples; the "
         "first-event check, too, compares each streaming measurement with the direct one before it); "
-        "`CPU µs/req` is the proxy's own CPU time — the kernel's run time of all its threads and "
-        "processes (`/proc/<pid>/task/<tid>/schedstat`, ns resolution; utime+stime of `/proc/<pid>/stat` "
-        "counts in 10 ms ticks, too coarse for the c=1 rows), nginx's master and worker included — divided "
+        "`CPU µs/req` is the proxy's own CPU time — each process's CPU-time clock "
+        "(`clock_getcpuclockid`, ns resolution, every thread the process ran, ended ones included; "
+        "utime+stime of `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for the c=1 rows), "
+        "nginx's master and worker included — divided "
         "by the requests it served (by the events relayed, for the streaming row).",
         "",
         markdown_table(bench, med),
