@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.infra import one_core
+from bench.infra import cpu_seconds, one_core
 from bench.profiling import python_frame, summarize
 from bench.run import STREAM, Row, first_events_later, medians, paired
 
@@ -155,5 +155,26 @@ def test_one_core_pins_every_thread_of_a_process_and_gives_each_its_cores_back()
         assert os.sched_getaffinity(bystander.native_id) == own
     finally:
         done.set()
+        child.kill()
+        child.wait()
+
+
+def test_cpu_seconds_counts_the_time_of_threads_that_have_ended() -> None:
+    """A child burns 0.3 s of CPU in a thread that then ends: the benchmark's reading of the
+    child's CPU counts it (a sum over the threads still there counted almost none of it)."""
+    code = (
+        "import threading, time\n"
+        "def burn():\n"
+        "    t = time.thread_time()\n"
+        "    while time.thread_time() - t < 0.3: pass\n"
+        "t = threading.Thread(target=burn); t.start(); t.join()\n"
+        "print('ended', flush=True); time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ended\n"
+        assert len(os.listdir(f"/proc/{child.pid}/task")) == 1  # the burning thread is gone
+        assert cpu_seconds([child.pid]) >= 0.3
+    finally:
         child.kill()
         child.wait()
