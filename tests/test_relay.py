@@ -18,7 +18,9 @@ import contextlib
 import itertools
 import json
 import signal
+import threading
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from mcpproxy.web import relay
+from mcpproxy.web import offload, relay
 from mcpproxy.web.app import LIVE, apply_config
 from tests.support.mcp_servers import McpServerProcess
 from tests.support.net import free_port
@@ -1407,6 +1409,29 @@ async def test_a_long_stream_is_relayed_whole_and_both_connections_are_kept(
     assert (OFFLOADED in metrics) == (threads > 0)
     assert 'mcpproxy_open_streams{route="raw"} 0' in metrics
     assert proxy.app[LIVE].state.handler.runtimes["raw"].in_flight == 0
+
+
+async def test_a_stream_no_thread_can_be_started_for_stays_on_the_loop(
+    upstream: RawUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process is out of threads (a fault no real part produces on demand, so the thread
+    class is replaced by one whose start fails as Python's does then): the stream is relayed
+    whole on the loop, and nothing is counted as handed over."""
+
+    class RefusedThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(offload, "threading", types.SimpleNamespace(Thread=RefusedThread))
+    proxy = await raw_proxy(proxy_factory, upstream)
+    rid = new_rid()
+    async with caller(port_of(proxy)) as conn:
+        answer = await conn.exchange(post("/raw/events", rpc("tools/call", {"name": "s"}, 1), rid))
+        assert answer.wire_body == upstream.sent["events"]
+        assert (await conn.exchange(post("/raw/json", rpc("ping", {}, 2)))).status == 200
+    assert (await access_line(rid))["status"] == 200
+    assert "mcpproxy_offloaded_streams_total{" not in proxy.metrics.render()
+    assert not proxy.app[LIVE].state.handler.runtimes["raw"].in_flight
 
 
 @pytest.mark.parametrize(

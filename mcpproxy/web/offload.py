@@ -26,7 +26,11 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
+import structlog
+
 from mcpproxy import _pump
+
+log = structlog.get_logger("mcpproxy.offload")
 
 #: Events a POST's stream relays on the loop before it is handed to a thread.
 AFTER_EVENTS: Final = 4
@@ -68,10 +72,14 @@ class Handoff:
             loop.call_soon_threadsafe(self._finish)
 
     def _finish(self) -> None:
-        os.close(self._cancel)
-        self._cancel = -1
+        self.close()
         if not self.done.done():
             self.done.set_result(None)
+
+    def close(self) -> None:
+        if self._cancel >= 0:
+            os.close(self._cancel)
+            self._cancel = -1
 
 
 class Offload:
@@ -82,22 +90,32 @@ class Offload:
 
     def start(
         self, upstream: int, caller: int, idle_s: float, returned: Callable[[Handoff], None]
-    ) -> Handoff:
+    ) -> Handoff | None:
         """Relay the rest of a body from ``upstream`` to ``caller`` (sockets the loop no longer
-        reads) in a new thread; ``returned`` runs on the loop once it is done."""
-        handoff = Handoff()
-        self.running.add(handoff)
+        reads) in a new thread; ``returned`` runs on the loop once it is done. None when the
+        process cannot have another thread or descriptor now: the stream stays on the loop."""
+        try:
+            handoff = Handoff()
+        except OSError as exc:
+            log.warning("stream_thread_refused", error=type(exc).__name__)
+            return None
 
         def back(_: asyncio.Future[None]) -> None:
             self.running.discard(handoff)
             returned(handoff)
 
-        handoff.done.add_done_callback(back)
         idle_ms = min(int(idle_s * 1000), 2**31 - 1)
         thread = threading.Thread(
             target=handoff.run, args=(upstream, caller, idle_ms), name="mcpproxy-stream", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a limit of the process
+            log.warning("stream_thread_refused", error=type(exc).__name__)
+            handoff.close()
+            return None
+        self.running.add(handoff)
+        handoff.done.add_done_callback(back)
         return handoff
 
     async def settle(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline API

@@ -648,11 +648,16 @@ class CallerConnection(asyncio.Protocol):
 
     def hand_off(
         self, upstream: int, downstream: int, idle_s: float, returned: Callable[[Handoff], None]
-    ) -> None:
-        """Stop reading this connection's socket and give the stream to a thread."""
+    ) -> bool:
+        """Stop reading this connection's socket and give the stream to a thread; False (and
+        reading again) if no thread could be started."""
         if self.transport is not None:
             self.transport.pause_reading()
         self._handoff = self._relay.offload.start(upstream, downstream, idle_s, returned)
+        if self._handoff is None:
+            self.taken_back()
+            return False
+        return True
 
     def taken_back(self) -> None:
         """The thread is done: the loop owns the socket again."""
@@ -787,11 +792,13 @@ class _Exchange(ResponseSink):
         upstream = conn.offloadable() if downstream is not None else None
         if downstream is None or upstream is None:
             return  # tried again after the next event
-        self._events = -1
+        self._events = -1  # one attempt that gets this far: a failed one stays on the loop
         conn.pause()
         request = self._request
-        request.handler.metrics.offloaded_streams.inc(route=request.runtime.name)
-        caller.hand_off(upstream, downstream, request.runtime.pool.idle_timeout, self._returned)
+        if caller.hand_off(upstream, downstream, request.runtime.pool.idle_timeout, self._returned):
+            request.handler.metrics.offloaded_streams.inc(route=request.runtime.name)
+        else:
+            conn.resume()
 
     def _returned(self, handoff: Handoff) -> None:
         """The thread is done with the stream (mcpproxy.web.offload)."""
