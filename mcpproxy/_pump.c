@@ -1,13 +1,17 @@
 /* The rest of a chunked answer, relayed from one socket to another by a blocking loop that holds
  * no lock of the interpreter: mcpproxy/_pump.py's relay, in C.
  *
- * relay(upstream, caller, cancel, idle_ms) -> (outcome, relayed, leftover)
+ * relay(upstream, caller, cancel, idle_ms) -> (outcome, relayed, tail, leftover)
  *     Reads the upstream socket and writes what it reads to the caller socket, as it is, until
  *     the chunked body it carries ends; the body is taken up at a chunk boundary. Returns how
  *     it stopped (ENDED, UPSTREAM_CLOSED, CALLER_GONE, TIMEOUT, CANCELLED, MALFORMED), the
- *     bytes written to the caller, and, once ENDED, the bytes read past the body's end (empty
- *     when the upstream connection may carry another exchange). It stops:
- *       - ENDED: the last chunk and the trailer section are written;
+ *     bytes written to the caller, and, once ENDED, the body's last bytes, not written (the read
+ *     that holds the body's end), and the bytes read past the end (empty when the upstream
+ *     connection may carry another exchange). It stops:
+ *       - ENDED: the read that holds the last chunk and the trailer section is in; its body
+ *         bytes are left for the event loop to write, so that a caller answered in full finds
+ *         its connection read by the loop again (its next request is not left waiting while
+ *         this thread hands the connection back);
  *       - UPSTREAM_CLOSED: the upstream closed or reset before the end;
  *       - CALLER_GONE: the caller closed (or half-closed) its side, or a write to it failed;
  *       - TIMEOUT: nothing came from the upstream for idle_ms (a negative idle_ms: no limit),
@@ -133,6 +137,7 @@ typedef struct {
     int outcome;
     int error;  /* errno of a failed poll, else 0 */
     long long relayed;
+    size_t tail_len;
     char *leftover;
     size_t leftover_len;
 } Result;
@@ -213,6 +218,13 @@ static void run(Result *r, char *buf, int upstream, int caller, int cancel, int 
                 return;
             }
             used = (size_t)body;
+            if (s.state == DONE) {
+                r->outcome = ENDED;
+                r->tail_len = used;
+                r->leftover = buf + used;
+                r->leftover_len = got - used;
+                return;
+            }
             off = 0;
             len = used;
             if (deadline >= 0) deadline = now_us() + idle_us;
@@ -220,12 +232,6 @@ static void run(Result *r, char *buf, int upstream, int caller, int cancel, int 
                 r->outcome = CALLER_GONE;
                 return;
             }
-        }
-        if (!len && s.state == DONE) {
-            r->outcome = ENDED;
-            r->leftover = buf + used;
-            r->leftover_len = got - used;
-            return;
         }
     }
 }
@@ -235,7 +241,7 @@ static PyObject *relay(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iiii:relay", &upstream, &caller, &cancel, &idle_ms)) return NULL;
     char *buf = PyMem_RawMalloc(READ_SIZE);
     if (buf == NULL) return PyErr_NoMemory();
-    Result r = {0, 0, 0, buf, 0};
+    Result r = {0, 0, 0, 0, buf, 0};
     Py_BEGIN_ALLOW_THREADS
     run(&r, buf, upstream, caller, cancel, idle_ms);
     Py_END_ALLOW_THREADS
@@ -244,7 +250,8 @@ static PyObject *relay(PyObject *module, PyObject *args) {
         errno = r.error;
         PyErr_SetFromErrno(PyExc_OSError);
     } else {
-        result = Py_BuildValue("(iLy#)", r.outcome, r.relayed, r.leftover, (Py_ssize_t)r.leftover_len);
+        result = Py_BuildValue("(iLy#y#)", r.outcome, r.relayed, buf, (Py_ssize_t)r.tail_len, r.leftover,
+                               (Py_ssize_t)r.leftover_len);
     }
     PyMem_RawFree(buf);
     return result;
@@ -252,7 +259,7 @@ static PyObject *relay(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"relay", relay, METH_VARARGS,
-     "relay(upstream, caller, cancel, idle_ms) -> (outcome, relayed, leftover): the rest of a "
+     "relay(upstream, caller, cancel, idle_ms) -> (outcome, relayed, tail, leftover): the rest of a "
      "chunked answer, from the upstream socket to the caller's, off the event loop."},
     {NULL, NULL, 0, NULL},
 };

@@ -55,16 +55,18 @@ class _Caller:
         return pending
 
 
-def relay(upstream: int, caller: int, cancel: int, idle_ms: int) -> tuple[int, int, bytes]:
-    """Relay until the body ends or something stops it: (outcome, bytes written, leftover).
+def relay(upstream: int, caller: int, cancel: int, idle_ms: int) -> tuple[int, int, bytes, bytes]:
+    """Relay until the body ends or something stops it: (outcome, bytes written, tail, leftover).
 
-    ``leftover`` is what was read past the body's end (ENDED only). A negative ``idle_ms`` sets
+    Once ENDED, ``tail`` is the body's last bytes, not written: the read that holds its end is
+    left for the event loop to write, which then reads the caller's connection again before
+    the caller, answered in full, can send its next request. ``leftover`` is what was read past
+    the body's end. A negative ``idle_ms`` sets
     no limit; the limit counts only while the caller keeps up.
     """
     scanner = ChunkScanner()
     out = _Caller(caller)
     pending = memoryview(b"")
-    leftover = b""
     deadline = None if idle_ms < 0 else time.monotonic() + idle_ms / 1000
     poller = select.poll()
     poller.register(cancel, select.POLLIN)
@@ -82,15 +84,15 @@ def relay(upstream: int, caller: int, cancel: int, idle_ms: int) -> tuple[int, i
         except InterruptedError:
             continue
         if not ready:
-            return TIMEOUT, out.relayed, b""
+            return TIMEOUT, out.relayed, b"", b""
         if cancel in ready:
-            return CANCELLED, out.relayed, b""
+            return CANCELLED, out.relayed, b"", b""
         if ready.get(caller, 0) & _GONE:
-            return CALLER_GONE, out.relayed, b""
+            return CALLER_GONE, out.relayed, b"", b""
         if pending:
             rest = out.send_some(pending)
             if rest is None:
-                return CALLER_GONE, out.relayed, b""
+                return CALLER_GONE, out.relayed, b"", b""
             pending = rest
             if not pending and deadline is not None:
                 deadline = time.monotonic() + idle_ms / 1000
@@ -102,20 +104,19 @@ def relay(upstream: int, caller: int, cancel: int, idle_ms: int) -> tuple[int, i
             except OSError:
                 data = b""
             if not data:
-                return UPSTREAM_CLOSED, out.relayed, b""
+                return UPSTREAM_CLOSED, out.relayed, b"", b""
             try:
                 used = scanner.feed(data)
             except ProtocolViolation:
-                return MALFORMED, out.relayed, b""
-            leftover = data[used:]
+                return MALFORMED, out.relayed, b"", b""
+            if scanner.done:  # the end's read: left for the loop to write (see the C's docstring)
+                return ENDED, out.relayed, data[:used], data[used:]
             if deadline is not None:
                 deadline = time.monotonic() + idle_ms / 1000
             rest = out.send_some(memoryview(data)[:used])
             if rest is None:
-                return CALLER_GONE, out.relayed, b""
+                return CALLER_GONE, out.relayed, b"", b""
             pending = rest
-        if not pending and scanner.done:
-            return ENDED, out.relayed, leftover
 
 
 def _forget(poller: select.poll, fd: int) -> None:

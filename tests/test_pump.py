@@ -2,8 +2,9 @@
 
 Each test runs both (the C one is skipped where it is not built): the relay in a thread, as
 mcpproxy.web.offload runs it, with an "upstream" and a "caller" socket pair whose far ends the
-test drives. Checked: the body's bytes reach the caller unchanged however the reads cut them, the
-end is found (and what follows it handed back), every way of stopping early, a caller that does
+test drives. Checked: the body's bytes reach the caller unchanged however the reads cut them
+(all but the read that holds the end, handed back for the loop to write), the end is found
+(and what follows it handed back), every way of stopping early, a caller that does
 not read (no timeout while it is the one behind), and broken framing refused as
 :class:`mcpproxy.http1.ChunkScanner` refuses it.
 """
@@ -15,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -42,7 +43,7 @@ class Run:
             sock.setblocking(False)  # as the event loop's sockets are
         self.cancel = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ends = (upstream, caller)
-        self.result: tuple[int, int, bytes] | None = None
+        self.result: tuple[int, int, bytes, bytes] | None = None
         self.error: BaseException | None = None
 
         def work() -> None:
@@ -54,7 +55,7 @@ class Run:
         self.thread = threading.Thread(target=work, daemon=True)
         self.thread.start()
 
-    def outcome(self, timeout: float = 10) -> tuple[int, int, bytes]:
+    def outcome(self, timeout: float = 10) -> tuple[int, int, bytes, bytes]:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the relay did not stop"
         assert self.error is None, self.error
@@ -70,6 +71,27 @@ class Run:
             assert piece, f"the caller's socket closed after {len(data)} of {size} bytes"
             data += piece
         return bytes(data)
+
+    def reading(self) -> Callable[[], bytes]:
+        """Read the caller's far end in a thread from now on; the function returned, called once
+        the relay is done, closes the relay's end and returns everything read."""
+        data = bytearray()
+
+        def read() -> None:
+            while piece := self.client.recv(65536):
+                data.extend(piece)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def finish() -> bytes:
+            self.thread.join(10)
+            self._ends[1].close()  # the reader sees the end
+            reader.join(10)
+            assert not reader.is_alive()
+            return bytes(data)
+
+        return finish
 
     def close(self) -> None:
         for sock in (self.up, self.client, *self._ends):
@@ -106,16 +128,19 @@ def test_relays_the_body_to_its_end_and_hands_back_what_follows(pump: ModuleType
         run.up.sendall(chunk(event(n)))
         assert run.received(len(chunk(event(n)))) == chunk(event(n))  # each event as it comes
     run.up.sendall(b"0\r\n\r\nHTTP/1.1 200 OK\r\n")  # the end, and bytes past it
-    assert run.received(5) == b"0\r\n\r\n"
-    assert run.outcome() == (pump.ENDED, len(body), b"HTTP/1.1 200 OK\r\n")
+    # the end's read is handed back, not written: the loop writes it
+    assert run.outcome() == (pump.ENDED, len(body) - 5, b"0\r\n\r\n", b"HTTP/1.1 200 OK\r\n")
 
 
 def test_an_end_with_nothing_after_it_hands_back_nothing(pump: ModuleType, runs: list[Run]) -> None:
     run = start(runs, pump)
+    finish = run.reading()
     body = chunk(b"x" * 300, b";name=v") + b"0\r\nX-Trailer: 1\r\n\r\n"
     run.up.sendall(body)
-    assert run.received(len(body)) == body
-    assert run.outcome() == (pump.ENDED, len(body), b"")
+    outcome, relayed, tail, leftover = run.outcome()
+    assert (outcome, leftover) == (pump.ENDED, b"")
+    assert tail and body.endswith(tail) and relayed == len(body) - len(tail)
+    assert finish() + tail == body
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -128,9 +153,7 @@ def test_reads_cut_anywhere_change_nothing(pump: ModuleType, runs: list[Run], se
     chunks[3] = chunks[3].replace(b"\r\n", b"\r\r\n", 1)  # CRs before a size line's LF are dropped
     body = b"".join(chunks) + rng.choice([b"0\r\n\r\n", b"000\r\nA: b\r\nC: d\r\n\r\n"])
     run = start(runs, pump)
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(run.received(len(body))), daemon=True)
-    reader.start()  # a caller reading as the bytes come: one-byte writes fill socket buffers fast
+    finish = run.reading()  # a caller reading as the bytes come: one-byte writes fill buffers fast
     pos = 0
     while pos < len(body):
         step = 1 if seed == 0 else rng.randint(1, 700)
@@ -138,9 +161,10 @@ def test_reads_cut_anywhere_change_nothing(pump: ModuleType, runs: list[Run], se
         pos += step
         if rng.random() < 0.2:
             time.sleep(0.001)  # let a read end here
-    reader.join(10)
-    assert received == [body]
-    assert run.outcome() == (pump.ENDED, len(body), b"")
+    outcome, relayed, tail, leftover = run.outcome()
+    assert (outcome, leftover) == (pump.ENDED, b"")
+    assert finish() + tail == body
+    assert relayed == len(body) - len(tail)
 
 
 BROKEN = {
@@ -165,9 +189,9 @@ def test_broken_framing_stops_the_relay_as_the_scanner_refuses_it(
     run.up.sendall(first)
     assert run.received(len(first)) == first
     run.up.sendall(wire)
-    outcome, relayed, _ = run.outcome()
+    outcome, relayed, tail, _ = run.outcome()
     assert outcome == pump.MALFORMED
-    assert relayed <= len(first) + len(wire)
+    assert relayed <= len(first) + len(wire) and tail == b""
 
 
 def test_an_upstream_that_closes_before_the_end(pump: ModuleType, runs: list[Run]) -> None:
@@ -175,7 +199,7 @@ def test_an_upstream_that_closes_before_the_end(pump: ModuleType, runs: list[Run
     run.up.sendall(chunk(event(1)))
     run.received(len(chunk(event(1))))
     run.up.close()
-    assert run.outcome() == (pump.UPSTREAM_CLOSED, len(chunk(event(1))), b"")
+    assert run.outcome() == (pump.UPSTREAM_CLOSED, len(chunk(event(1))), b"", b"")
 
 
 @pytest.mark.parametrize("how", ["close", "half-close"])
@@ -195,7 +219,7 @@ def test_a_silent_upstream_times_out(pump: ModuleType, runs: list[Run]) -> None:
     run = start(runs, pump, idle_ms=200)
     run.up.sendall(chunk(event(1)))
     run.received(len(chunk(event(1))))
-    assert run.outcome() == (pump.TIMEOUT, len(chunk(event(1))), b"")
+    assert run.outcome() == (pump.TIMEOUT, len(chunk(event(1))), b"", b"")
     assert time.monotonic() - began >= 0.2
 
 
@@ -204,7 +228,7 @@ def test_cancel(pump: ModuleType, runs: list[Run]) -> None:
     run.up.sendall(chunk(event(1)))
     run.received(len(chunk(event(1))))
     os.eventfd_write(run.cancel, 1)
-    assert run.outcome() == (pump.CANCELLED, len(chunk(event(1))), b"")
+    assert run.outcome() == (pump.CANCELLED, len(chunk(event(1))), b"", b"")
 
 
 def test_a_caller_that_does_not_read_is_waited_for_not_timed_out(pump: ModuleType, runs: list[Run]) -> None:
@@ -225,6 +249,8 @@ def test_a_caller_that_does_not_read_is_waited_for_not_timed_out(pump: ModuleTyp
     time.sleep(0.6)
     assert not writer_done.is_set(), "the relay read on while the caller did not"
     assert run.thread.is_alive()
-    data = run.received(total)
-    assert data == piece * 128 + b"0\r\n\r\n"
-    assert run.outcome() == (pump.ENDED, total, b"")
+    finish = run.reading()
+    outcome, relayed, tail, leftover = run.outcome()
+    assert (outcome, leftover) == (pump.ENDED, b"")
+    assert finish() + tail == piece * 128 + b"0\r\n\r\n"
+    assert relayed == total - len(tail)

@@ -46,13 +46,15 @@ MALFORMED: Final = _pump.MALFORMED
 class Handoff:
     """One stream in a thread: its outcome once done (``_pump.relay``'s, or the error it raised)."""
 
-    __slots__ = ("_cancel", "done", "error", "leftover", "outcome", "relayed")
+    __slots__ = ("_cancel", "done", "error", "leftover", "outcome", "relayed", "tail")
 
     def __init__(self) -> None:
         self._cancel = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.done = asyncio.get_running_loop().create_future()
         self.outcome = CANCELLED
         self.relayed = 0
+        #: The body's last bytes, once ENDED: the loop writes them (mcpproxy/_pump.c says why).
+        self.tail = b""
         self.leftover = b""
         self.error: Exception | None = None
 
@@ -64,7 +66,9 @@ class Handoff:
     def run(self, upstream: int, caller: int, idle_ms: int) -> None:
         """The thread's work (no event-loop call here but the last, which hands the result back)."""
         try:
-            self.outcome, self.relayed, self.leftover = _pump.relay(upstream, caller, self._cancel, idle_ms)
+            self.outcome, self.relayed, self.tail, self.leftover = _pump.relay(
+                upstream, caller, self._cancel, idle_ms
+            )
         except Exception as exc:  # poll itself failed: the loop fails the exchange
             self.error = exc
         loop = self.done.get_loop()

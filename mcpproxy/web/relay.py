@@ -802,8 +802,10 @@ class _Exchange(ResponseSink):
 
     def _returned(self, handoff: Handoff) -> None:
         """The thread is done with the stream (mcpproxy.web.offload)."""
-        self._request.outcome.bytes_out += handoff.relayed
+        self._request.outcome.bytes_out += handoff.relayed + len(handoff.tail)
         self._caller.taken_back()
+        if handoff.tail:
+            self._caller.write_now(handoff.tail)
         if handoff.error is None and handoff.outcome in (CALLER_GONE, CANCELLED):
             self._conn.abort()
             self._caller.abort()  # its connection_lost ends the request, as any caller gone
