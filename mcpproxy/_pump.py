@@ -18,9 +18,10 @@ from typing import Final
 
 from mcpproxy.http1 import ChunkScanner, ProtocolViolation
 
-#: How the relay stopped: the body's end is written; the upstream closed before it; the caller
-#: closed (or half-closed) its side or a write to it failed; nothing came from the upstream for
-#: ``idle_ms``; ``cancel`` became readable; the body's chunked framing is broken.
+#: How the relay stopped: the read that holds the body's end is in (left for the loop to
+#: write); the upstream closed before it; the caller closed (or half-closed) its side or a write
+#: to it failed; nothing came from the upstream for ``idle_ms``; ``cancel`` became readable; the
+#: body's chunked framing is broken.
 ENDED: Final = 0
 UPSTREAM_CLOSED: Final = 1
 CALLER_GONE: Final = 2
@@ -61,8 +62,8 @@ def relay(upstream: int, caller: int, cancel: int, idle_ms: int) -> tuple[int, i
     Once ENDED, ``tail`` is the body's last bytes, not written: the read that holds its end is
     left for the event loop to write, which then reads the caller's connection again before
     the caller, answered in full, can send its next request. ``leftover`` is what was read past
-    the body's end. A negative ``idle_ms`` sets
-    no limit; the limit counts only while the caller keeps up.
+    the body's end. A negative ``idle_ms`` sets no limit; the limit counts only while the
+    caller keeps up.
     """
     scanner = ChunkScanner()
     out = _Caller(caller)

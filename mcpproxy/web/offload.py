@@ -36,7 +36,6 @@ log = structlog.get_logger("mcpproxy.offload")
 AFTER_EVENTS: Final = 4
 
 ENDED: Final = _pump.ENDED
-UPSTREAM_CLOSED: Final = _pump.UPSTREAM_CLOSED
 CALLER_GONE: Final = _pump.CALLER_GONE
 TIMEOUT: Final = _pump.TIMEOUT
 CANCELLED: Final = _pump.CANCELLED

@@ -632,19 +632,17 @@ class CallerConnection(asyncio.Protocol):
 
     # --- a stream relayed by a thread (mcpproxy.web.offload) --------------------------------
 
-    def offloadable(self) -> int | None:
-        """This connection's socket, if a thread may take the stream now: a thread is free,
-        the connection is plain TCP and everything written to it so far is sent."""
+    def ready_for_thread(self) -> bool:
+        """Whether a thread may take the stream now: one is free and everything written to this
+        connection so far is sent."""
         transport = self.transport
-        if (
+        return not (
             transport is None
             or self.write_paused
             or len(self._relay.offload.running) >= self._relay.served().stream_threads
             or not self._relay.writes.empty
             or transport.get_write_buffer_size()
-        ):
-            return None
-        return plain_socket(transport)
+        )
 
     def hand_off(
         self, upstream: int, downstream: int, idle_s: float, returned: Callable[[Handoff], None]
@@ -788,11 +786,15 @@ class _Exchange(ResponseSink):
     def _hand_off(self) -> None:
         """Give the rest of the stream to a thread, if one is free and both sockets are ready."""
         caller, conn = self._caller, self._conn
-        downstream = caller.offloadable()
-        upstream = conn.offloadable() if downstream is not None else None
-        if downstream is None or upstream is None:
+        if not (caller.ready_for_thread() and conn.at_chunk_boundary()):
             return  # tried again after the next event
-        self._events = -1  # one attempt that gets this far: a failed one stays on the loop
+        # One attempt gets this far: a stream over TLS, or one no thread could be started for,
+        # stays on the loop (and is not looked at again on every event).
+        self._events = -1
+        assert caller.transport is not None and conn.transport is not None
+        downstream, upstream = plain_socket(caller.transport), plain_socket(conn.transport)
+        if downstream is None or upstream is None:
+            return
         conn.pause()
         request = self._request
         if caller.hand_off(upstream, downstream, request.runtime.pool.idle_timeout, self._returned):

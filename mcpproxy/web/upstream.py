@@ -24,7 +24,7 @@ from mcpproxy.http1 import (
     find_head_end,
     parse_response_head,
 )
-from mcpproxy.web.offload import ENDED, MALFORMED, TIMEOUT, Handoff, plain_socket
+from mcpproxy.web.offload import ENDED, MALFORMED, TIMEOUT, Handoff
 from mcpproxy.web.watchdog import Watchdog
 from mcpproxy.web.writes import Outlet, WriteBatch
 
@@ -331,13 +331,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- a stream relayed by a thread (mcpproxy.web.offload) --------------------------------
 
-    def offloadable(self) -> int | None:
-        """The socket to hand to a thread: a chunked body relayed as it is framed, now at a
-        chunk boundary, over plain TCP; None otherwise."""
+    def at_chunk_boundary(self) -> bool:
+        """Whether a thread may take the body now: a chunked body relayed as it is framed, at a
+        chunk boundary."""
         scanner = self._scanner
-        if self.transport is None or type(scanner) is not ChunkScanner or not scanner.at_boundary:
-            return None
-        return plain_socket(self.transport)
+        return self.transport is not None and type(scanner) is ChunkScanner and scanner.at_boundary
 
     def taken_back(self, handoff: Handoff) -> None:
         """The thread is done with the body: end or fail the exchange as these reads would have.
